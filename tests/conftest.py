@@ -1,0 +1,54 @@
+"""Shared fixtures: one Ray instance per test session, a small synthetic catalog, the mini Polyvore sample."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def pytest_collection_modifyitems(config, items):
+    """`gpu` tests are reported as skipped (not silently passed) where there is no CUDA device."""
+    try:
+        import torch
+
+        has_gpu = torch.cuda.is_available()
+    except Exception:  # pragma: no cover - torch is a hard dependency
+        has_gpu = False
+    if has_gpu:
+        return
+    skip = pytest.mark.skip(reason="no CUDA GPU on this machine")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def polyvore_mini() -> Path:
+    """A tiny sample in the published Polyvore Outfits layout, with the real files' quirks."""
+    return FIXTURES / "polyvore-mini"
+
+
+@pytest.fixture(scope="session")
+def synth_dir(tmp_path_factory) -> Path:
+    """A small synthetic catalog (Polyvore layout), made once per session."""
+    from outfitter.data.synth import synthesize
+
+    out = tmp_path_factory.mktemp("synth")
+    synthesize(out, n_outfits=300, seed=0, image_size=32)
+    return out
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """The one Ray instance of the test session (2 CPUs, no dashboard)."""
+    import ray
+
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
