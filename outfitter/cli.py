@@ -33,19 +33,49 @@ def _fail(message: str) -> None:
 @data_app.command("synth")
 def data_synth(
     out: Path = typer.Option(..., "--out", help="Folder to write the catalog to."),
-    outfits: int = typer.Option(600, "--outfits", help="Number of outfits (all splits)."),
+    outfits: int = typer.Option(2000, "--outfits", help="Number of outfits (all splits)."),
     seed: int = typer.Option(0, "--seed", help="Random seed; same seed, same files."),
     image_size: int = typer.Option(64, "--image-size", help="Rendered image side in pixels."),
     fmt: str = typer.Option("polyvore", "--format", help="polyvore or amazon."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a catalog in --out."),
 ) -> None:
     """Write a synthetic catalog in the Polyvore Outfits layout (or Amazon co-purchase format)."""
-    raise NotImplementedError  # implemented by the data layer
+    import time
+
+    from outfitter.data import DatasetError
+    from outfitter.data.synth import synthesize
+
+    start = time.perf_counter()
+    try:
+        synthesize(out, outfits, seed, image_size, fmt, progress=True, overwrite=overwrite)
+    except (DatasetError, ValueError) as e:
+        _fail(str(e))
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    typer.echo(f"wrote {fmt} catalog ({outfits} outfits) to {out}: "
+               f"{size / 2**20:.1f} MiB in {time.perf_counter() - start:.1f} s")
 
 
 @data_app.command("validate")
-def data_validate(root: Path = typer.Argument(..., help="Dataset folder.")) -> None:
+def data_validate(
+    root: Path = typer.Argument(..., help="Dataset folder."),
+    full: bool = typer.Option(False, "--full", help="Decode every image, not only a sample."),
+    sample: int = typer.Option(2000, "--sample", help="Images to decode without --full."),
+) -> None:
     """Check a dataset folder; exits non-zero when it is unusable."""
-    raise NotImplementedError  # implemented by the data layer
+    from rich.progress import Progress
+
+    from outfitter.data import validate_dataset
+
+    with Progress(transient=True) as bar:
+
+        def progress(description: str, total: int):
+            task = bar.add_task(description, total=total)
+            return lambda n: bar.advance(task, n)
+
+        report = validate_dataset(root, full=full, sample=sample, progress=progress)
+    typer.echo(report.format())
+    if not report.ok:
+        raise typer.Exit(code=1)
 
 
 # ---------------------------------------------------------------- model
@@ -59,6 +89,182 @@ def models() -> None:
     for name in list_configs():
         typer.echo(name)
 
+
+
+# ---------------------------------------------------------------- platform
+
+
+def _parse_overrides(pairs: list[str] | None) -> dict:
+    """`--set transformer.layers=1` pairs → {"transformer.layers": "1"} (typed by the config)."""
+    out = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            _fail(f"--set takes KEY=VALUE (e.g. transformer.layers=1), got {pair!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _user_errors():
+    """Exceptions that are the user's to fix: printed as one line, never as a traceback."""
+    from outfitter.data import DatasetError
+    from outfitter.model import ConfigError
+    from outfitter.platform.registry import RegistryError
+
+    return (DatasetError, ConfigError, RegistryError, ValueError, FileNotFoundError, PermissionError)
+
+
+@app.command("embed")
+def embed(
+    data: Path = typer.Option(..., "--data", help="Dataset folder (Polyvore layout)."),
+    model_config: str = typer.Option("hybrid-tiny", "--model-config", help="Config name or YAML path."),
+    out: Path | None = typer.Option(None, "--out", help="Also copy the features here."),
+    set_: list[str] = typer.Option(None, "--set", help="Model config override KEY=VALUE."),
+    cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Feature cache (default ~/.cache/outfitter)."),
+    force: bool = typer.Option(False, "--force", help="Recompute even when cached."),
+) -> None:
+    """Embed every catalog item with the frozen CLIP towers on Ray Data (cached by content)."""
+    import shutil
+    import time
+
+    from outfitter.data import load_catalog
+    from outfitter.model import load_config
+    from outfitter.platform.embed import embed_catalog
+
+    try:
+        cfg = load_config(model_config, overrides=_parse_overrides(set_) or None)
+        catalog = load_catalog(data)
+        t0 = time.perf_counter()
+        table, folder, reused = embed_catalog(catalog, cfg.clip, cache_dir=cache_dir, force=force)
+    except _user_errors() as err:
+        _fail(str(err))
+    seconds = time.perf_counter() - t0
+    state = "reused cache" if reused else f"{len(table) / max(seconds, 1e-9):.0f} items/s"
+    typer.echo(f"{len(table)} items embedded ({state}) -> {folder}")
+    if out is not None:
+        shutil.copytree(folder, out, dirs_exist_ok=True)
+        typer.echo(f"copied to {out}")
+
+
+@app.command("train")
+def train(
+    model_config: str = typer.Option("hybrid-tiny", "--model-config", help="Config name or YAML path."),
+    data: Path = typer.Option(..., "--data", help="Dataset folder (Polyvore layout)."),
+    workers: int = typer.Option(1, "--workers", help="Ray Train workers (DDP processes)."),
+    gpu: bool = typer.Option(False, "--gpu", help="One GPU per worker, bf16 autocast."),
+    epochs: int | None = typer.Option(None, "--epochs", help="Max epochs (default: the config's)."),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Outfits per worker step."),
+    lr: float | None = typer.Option(None, "--lr", help="Peak learning rate."),
+    version: str = typer.Option("nondisjoint", "--version", help="nondisjoint or disjoint."),
+    set_: list[str] = typer.Option(None, "--set", help="Model config override KEY=VALUE."),
+    workdir: Path = typer.Option(Path("outfitter-work"), "--workdir", help="MLflow store + Ray results."),
+    storage_path: str | None = typer.Option(None, "--storage-path", help="Ray storage (folder or URI)."),
+    run_name: str | None = typer.Option(None, "--run-name", help="Stable name; re-run to resume."),
+    metrics_out: Path | None = typer.Option(None, "--metrics-out", help="Write valid/test metrics JSON."),
+    model_name: str = typer.Option("outfitter", "--model-name", help="Registered model name."),
+    promote_if_better: bool = typer.Option(False, "--promote-if-better", help="Index + promote to champion if better."),
+    max_steps: int = typer.Option(0, "--max-steps-per-epoch", help="Cap steps per epoch (0 = full)."),
+) -> None:
+    """Train on Ray Train, evaluate, log to MLflow and register a version (alias challenger)."""
+    import json
+
+    from outfitter.platform.runs import train_and_register
+    from outfitter.platform.settings import TrainSettings
+
+    try:
+        overrides = _parse_overrides(set_)
+        settings = TrainSettings().with_overrides(
+            workers=workers, use_gpu=gpu, epochs=epochs, batch_size=batch_size, lr=lr,
+            version=version, max_steps_per_epoch=max_steps,
+            storage_path=storage_path or str(workdir / "ray_results"),
+            run_name=run_name or f"{Path(model_config).stem}-{version}",
+        )
+        outcome = train_and_register(
+            model_config, data, settings, workdir=workdir, overrides=overrides,
+            model_name=model_name, promote_if_better=promote_if_better,
+        )
+    except _user_errors() as err:
+        _fail(str(err))
+    result = {"model_version": outcome.model_version, "model_name": outcome.model_name,
+              "run_id": outcome.run_id, "valid": outcome.valid, "test": outcome.test}
+    typer.echo(json.dumps(result, indent=2))
+    if metrics_out:
+        metrics_out.parent.mkdir(parents=True, exist_ok=True)
+        metrics_out.write_text(json.dumps(result, indent=2))
+
+
+@app.command("evaluate")
+def evaluate(
+    model: str = typer.Option(..., "--model", help="models:/outfitter@champion, models:/NAME/V or a folder."),
+    data: Path = typer.Option(..., "--data", help="Dataset folder."),
+    split: str = typer.Option("test", "--split", help="valid or test."),
+    version: str | None = typer.Option(None, "--version", help="nondisjoint/disjoint (default: trained one)."),
+    out: Path | None = typer.Option(None, "--out", help="Write the metrics JSON here."),
+    workdir: Path = typer.Option(Path("outfitter-work"), "--workdir", help="Where the local MLflow store is."),
+) -> None:
+    """Compatibility AUC, FITB accuracy and recall@10 of a model version; logged to its run."""
+    import json
+
+    from outfitter.platform.evaluation import evaluate_model
+
+    try:
+        result = evaluate_model(model, data, split, version=version, workdir=workdir)
+    except _user_errors() as err:
+        _fail(str(err))
+    text = json.dumps(result, indent=2)
+    typer.echo(text)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+
+
+@app.command("promote")
+def promote(
+    version: str = typer.Option(..., "--version", help="Model version to promote."),
+    model_name: str = typer.Option("outfitter", "--model-name", help="Registered model name."),
+    if_better: bool = typer.Option(False, "--if-better", help="Only if it beats the champion."),
+    metric: str = typer.Option("best_valid_compatibility_auc", "--metric", help="Metric compared."),
+    workdir: Path = typer.Option(Path("outfitter-work"), "--workdir", help="Where the local MLflow store is."),
+) -> None:
+    """Point alias `champion` at a version (which must have its faiss index)."""
+    from outfitter.platform import registry
+
+    try:
+        registry.configure_tracking(workdir)
+        if if_better:
+            moved = registry.promote_if_better(model_name, version, metric)
+        else:
+            registry.promote(model_name, version)
+            moved = True
+    except _user_errors() as err:
+        _fail(str(err))
+    typer.echo(f"champion -> {model_name}/{version}" if moved else
+               f"kept the champion: version {version} is not better on {metric}")
+
+
+@app.command("tune")
+def tune(
+    config: Path = typer.Option(..., "--config", help="Search YAML (see tune_configs/)."),
+    data: Path = typer.Option(..., "--data", help="Dataset folder."),
+    workdir: Path = typer.Option(Path("outfitter-work"), "--workdir", help="MLflow store + Ray results."),
+    storage_path: str | None = typer.Option(None, "--storage-path", help="Ray storage (folder or URI)."),
+    model_name: str = typer.Option("outfitter", "--model-name", help="Registered model name."),
+) -> None:
+    """Run (or resume) a Ray Tune search; registers the best trial as `challenger`."""
+    from outfitter.platform.tune_config import TuneConfigError, load_search_config
+    from outfitter.platform.tune_run import run_search
+
+    try:
+        search = load_search_config(config)
+        outcome = run_search(search, data, workdir=workdir, model_name=model_name,
+                             storage_path=storage_path or str(workdir / "ray_results"))
+    except (TuneConfigError, *_user_errors()) as err:
+        _fail(str(err))
+    typer.echo(
+        f"{outcome.trials} trials ({outcome.stopped_early} stopped early by the scheduler); best "
+        f"{search.metric}={outcome.best_metric:.4f} with {outcome.best_params}; "
+        f"registered version {outcome.model_version}; table {outcome.table_path}"
+    )
 
 if __name__ == "__main__":
     app()

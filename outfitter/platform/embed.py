@@ -1,0 +1,138 @@
+"""Catalog embedding with Ray Data: frozen CLIP towers over every item, on an actor pool.
+
+`embed_catalog` reads the catalog's (item id, image path, text) rows into a Ray Dataset and runs
+`TowerEmbedder` actors with `map_batches`: GPU actors (`num_gpus=1` each) when the cluster has
+GPUs, CPU actors otherwise. The result is a `FeatureTable` keyed by item id, saved under a cache
+key made of the catalog's content stamp and the towers' fingerprint, so re-running on an
+unchanged catalog and tower reuses it instead of recomputing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from outfitter.data.features import FeatureTable
+from outfitter.data.types import Catalog
+from outfitter.model.config import ClipCfg
+
+
+def default_cache_dir() -> Path:
+    """`$OUTFITTER_CACHE_DIR`, else `~/.cache/outfitter`."""
+    return Path(os.environ.get("OUTFITTER_CACHE_DIR", Path.home() / ".cache" / "outfitter"))
+
+
+def catalog_stamp(catalog: Catalog) -> str:
+    """A cheap content stamp of a catalog: item ids, texts and image file sizes/mtimes."""
+    digest = hashlib.sha256(str(Path(catalog.root).resolve()).encode())
+    for item_id in catalog.item_ids:
+        item = catalog.items[item_id]
+        digest.update(f"{item_id}\t{item.text}\t{item.category}".encode())
+        try:
+            st = catalog.image_path(item_id).stat()
+            digest.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+        except OSError:
+            digest.update(b"missing")
+    return digest.hexdigest()[:16]
+
+
+def tower_stamp(clip_cfg: ClipCfg) -> str:
+    """Identifies the towers' weights: the config plus the weights file's content hash."""
+    parts = {"arch": clip_cfg.arch, "pretrained": clip_cfg.pretrained, "dim": clip_cfg.embed_dim}
+    if clip_cfg.pretrained and Path(clip_cfg.pretrained).is_file():
+        digest = hashlib.sha256()  # by content: a copied or downloaded weights file still matches
+        with open(clip_cfg.pretrained, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                digest.update(chunk)
+        parts["file"] = digest.hexdigest()
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class TowerEmbedder:
+    """A Ray Data actor: builds the towers once, then embeds batches of items."""
+
+    def __init__(self, clip_cfg: dict, use_gpu: bool = False):
+        import torch
+
+        from outfitter.model.towers import create_towers
+
+        torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+        device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
+        self.towers = create_towers(ClipCfg(**clip_cfg), device=device)
+        self.towers.model.eval()
+
+    def __call__(self, batch: dict) -> dict:
+        paths = [str(p) for p in batch["image_path"]]
+        texts = [str(t) for t in batch["text"]]
+        image = self.towers.encode_images(paths, batch_size=len(paths))
+        text = self.towers.encode_texts(texts, batch_size=len(texts))
+        return {"item_id": batch["item_id"], "image": list(image), "text_feat": list(text)}
+
+
+def embed_catalog(
+    catalog: Catalog,
+    clip_cfg: ClipCfg,
+    *,
+    cache_dir: Path | None = None,
+    batch_size: int = 128,
+    actors: int | None = None,
+    use_gpu: bool | None = None,
+    force: bool = False,
+) -> tuple[FeatureTable, Path, bool]:
+    """Embed every catalog item with frozen towers on Ray Data (cached).
+
+    Returns:
+        (features, folder they are saved in, whether the cache was reused).
+    """
+    import ray
+
+    key = f"{catalog_stamp(catalog)}-{tower_stamp(clip_cfg)}"
+    out = Path(cache_dir or default_cache_dir()) / "features" / key
+    if not force and (out / "meta.json").exists():
+        return FeatureTable.load(out), out, True
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False, log_to_driver=False)
+    gpus = ray.cluster_resources().get("GPU", 0)
+    use_gpu = bool(gpus) if use_gpu is None else use_gpu
+    if actors is None:
+        actors = int(gpus) if use_gpu else max(1, int(ray.cluster_resources().get("CPU", 1)) - 1)
+    ids = catalog.item_ids
+    rows = [
+        {"item_id": i, "image_path": str(catalog.image_path(i)), "text": catalog.items[i].text}
+        for i in ids
+    ]
+    ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // batch_size, 64)))
+    embedded = ds.map_batches(
+        TowerEmbedder,
+        fn_constructor_kwargs={"clip_cfg": clip_cfg.__dict__, "use_gpu": use_gpu},
+        batch_size=batch_size,
+        concurrency=actors,
+        num_gpus=1 if use_gpu else 0,
+        num_cpus=0 if use_gpu else 1,
+        batch_format="numpy",
+    )
+    by_id = {}
+    for batch in embedded.iter_batches(batch_size=None, batch_format="numpy"):
+        for item_id, image, text in zip(batch["item_id"], batch["image"], batch["text_feat"]):
+            by_id[str(item_id)] = (image, text)
+    missing = [i for i in ids if i not in by_id]
+    if missing:
+        raise RuntimeError(f"embedding lost {len(missing)} items, e.g. {missing[:5]}")
+    table = FeatureTable(
+        ids,
+        np.stack([by_id[i][0] for i in ids]).astype(np.float32),
+        np.stack([by_id[i][1] for i in ids]).astype(np.float32),
+    )
+    table.meta.update({"clip": clip_cfg.__dict__, "catalog_stamp": key.split("-")[0], "key": key})
+    tmp = out.with_name(out.name + ".tmp")
+    table.save(tmp)
+    if out.exists():
+        import shutil
+
+        shutil.rmtree(out)
+    tmp.rename(out)  # the cache entry appears whole or not at all
+    return table, out, False

@@ -1,0 +1,77 @@
+"""`outfitter evaluate`: metrics of a model version (or checkpoint) on a split, logged back to MLflow.
+
+The same function evaluates the best checkpoint at the end of training, so a registered version's
+validation numbers are reproduced exactly by `outfitter evaluate --split valid`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+REPORTED = ("compatibility_auc", "fitb_accuracy", "fitb_accuracy_compat", "recall_at_10")
+
+
+def evaluate_checkpoint(
+    checkpoint_dir: Path,
+    data_dir: Path,
+    split: str = "test",
+    *,
+    version: str | None = None,
+    features=None,
+    cache_dir: Path | None = None,
+) -> dict:
+    """Compatibility AUC, FITB accuracy (both ways) and recall@10 of a checkpoint on a split.
+
+    Args:
+        version: Polyvore version; defaults to the one the checkpoint was trained on.
+        features: cached tower features of the catalog; embedded (cached) when needed and absent.
+    """
+    import torch
+
+    from outfitter.data import load_catalog, load_split
+    from outfitter.model.checkpoint import load_checkpoint
+    from outfitter.model.evaluate import evaluate
+    from outfitter.model.inputs import InputBuilder
+
+    model, cfg, meta = load_checkpoint(Path(checkpoint_dir))
+    version = version or meta.get("settings", {}).get("version", "nondisjoint")
+    catalog = load_catalog(Path(data_dir))
+    data = load_split(Path(data_dir), version, split, catalog)
+    if not data.compatibility and not data.fitb:
+        raise ValueError(
+            f"{data_dir}/{version} has no compatibility or FITB task file for split {split!r}; "
+            "evaluate on 'valid' or 'test'"
+        )
+    if cfg.input_kind == "features" and features is None:
+        from outfitter.platform.embed import embed_catalog
+
+        features, _, _ = embed_catalog(catalog, cfg.clip, cache_dir=cache_dir)
+    builder = InputBuilder.for_model(model, catalog, features)
+    model.eval()
+    with torch.no_grad():
+        metrics = evaluate(model, builder, data, catalog)
+    return {k: (float(v) if isinstance(v, float) else v) for k, v in metrics.items()}
+
+
+def evaluate_model(uri: str, data_dir: Path, split: str = "test", *, version: str | None = None,
+                   workdir: Path | None = None, log: bool = True) -> dict:
+    """Evaluate a registered model (or local checkpoint) and log the results to its run."""
+    from outfitter.platform import registry
+
+    registry.configure_tracking(workdir)
+    resolved = registry.resolve_model(uri)
+    metrics = evaluate_checkpoint(resolved.checkpoint_dir, data_dir, split, version=version)
+    result = {
+        "model": uri,
+        "model_version": resolved.version,
+        "split": split,
+        **metrics,
+    }
+    if log and resolved.run_id:
+        from mlflow import MlflowClient
+
+        client = MlflowClient()
+        for key in REPORTED:
+            if isinstance(metrics.get(key), (int, float)):
+                client.log_metric(resolved.run_id, f"eval_{split}_{key}", float(metrics[key]))
+    return result

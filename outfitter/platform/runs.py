@@ -1,0 +1,190 @@
+"""A tracked training run: dataset check → cached features → Ray Train → MLflow run → registry.
+
+`prepare_inputs` is shared with Tune (same dataset check, same feature cache, same loop config);
+`train_and_register` is what `outfitter train` and the demo call. The MLflow run is named after the
+Ray run, and found again on a re-run of the same command, so a resumed run keeps one MLflow run.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from outfitter.platform.settings import TrainSettings
+
+EXPERIMENT = "outfitter"
+
+
+@dataclass
+class TrainOutcome:
+    """What a finished training run produced."""
+
+    run_id: str
+    model_version: str
+    model_name: str
+    checkpoint_dir: Path
+    valid: dict = field(default_factory=dict)
+    test: dict = field(default_factory=dict)
+    history: list = field(default_factory=list)
+    promoted: bool = False
+
+
+def prepare_inputs(model_cfg, data_dir: Path, *, cache_dir: Path | None = None) -> dict:
+    """Check the dataset, embed it if the model reads cached features, and return the loop inputs.
+
+    Returns a dict with `data_dir` (absolute) and `features` (a FeatureTable or None).
+    """
+    from outfitter.data import check_dataset, load_catalog
+
+    data_dir = Path(data_dir).resolve()
+    check_dataset(data_dir)  # raises DatasetError with the report: never train on a broken dataset
+    features = None
+    if model_cfg.input_kind == "features":
+        from outfitter.platform.embed import embed_catalog
+
+        features, _, _ = embed_catalog(load_catalog(data_dir), model_cfg.clip, cache_dir=cache_dir)
+    return {"data_dir": str(data_dir), "features": features}
+
+
+def loop_config(model_cfg, settings: TrainSettings, inputs: dict, mlflow_info: dict | None) -> dict:
+    """The plain-value config of `train_loop_per_worker` (features travel via the object store)."""
+    import ray
+
+    features = inputs["features"]
+    return {
+        "model_config": model_cfg.to_dict(),
+        "settings": settings.to_dict(),
+        "data_dir": inputs["data_dir"],
+        "features_ref": None if features is None else ray.put(features),
+        "mlflow": mlflow_info,
+    }
+
+
+def _find_or_start_run(run_name: str, experiment_id: str):
+    """Re-use the unfinished MLflow run of the same Ray run name (resume), else start one."""
+    import mlflow
+
+    found = mlflow.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`outfitter.run_name` = '{run_name}' and attributes.status != 'FINISHED'",
+        output_format="list",
+    )
+    if found:
+        return mlflow.start_run(run_id=found[0].info.run_id)
+    return mlflow.start_run(run_name=run_name, tags={"outfitter.run_name": run_name})
+
+
+def train_and_register(
+    model_config: str,
+    data_dir: Path,
+    settings: TrainSettings,
+    *,
+    workdir: Path,
+    overrides: dict | None = None,
+    model_name: str = "outfitter",
+    promote_if_better: bool = False,
+    cache_dir: Path | None = None,
+) -> TrainOutcome:
+    """Train on Ray, evaluate the best checkpoint, log everything to MLflow, register a version."""
+    import mlflow
+    import ray
+
+    from outfitter.model import load_config
+    from outfitter.platform import registry
+    from outfitter.platform.train import best_checkpoint_dir, build_trainer
+
+    tracking_uri = registry.configure_tracking(workdir)
+    experiment_id = registry.ensure_experiment(EXPERIMENT)
+    model_cfg = load_config(model_config, overrides=overrides or None)
+    settings = settings.resolve(model_cfg)
+    inputs = prepare_inputs(model_cfg, data_dir, cache_dir=cache_dir)
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False, log_to_driver=False)
+    with _find_or_start_run(settings.run_name, experiment_id) as run:
+        run_id = run.info.run_id
+        _log_params(model_cfg, settings, inputs["data_dir"])
+        config = loop_config(model_cfg, settings, inputs, {"tracking_uri": tracking_uri, "run_id": run_id})
+        result = build_trainer(config, settings).fit()
+        best = best_checkpoint_dir(result, settings)
+        history = _history(result)
+        valid, test = _final_evaluation(best, inputs, settings.version)
+        mlflow.log_metrics({f"best_valid_{k}": v for k, v in valid.items() if _is_num(v)})
+        mlflow.log_metrics({f"test_{k}": v for k, v in test.items() if _is_num(v)})
+        _log_plots(history, best, inputs, settings.version)
+        info = registry.log_checkpoint_model(best, data_dir=inputs["data_dir"])
+        version = registry.register_model(
+            info.model_uri, name=model_name, alias="challenger",
+            tags={"model_config": model_cfg.name, "run_name": settings.run_name},
+        )
+    outcome = TrainOutcome(run_id, version, model_name, best, valid, test, history)
+    if promote_if_better:
+        outcome.promoted = _promote_after_index(model_name, version, inputs, settings)
+    return outcome
+
+
+def _promote_after_index(model_name: str, version: str, inputs: dict, settings: TrainSettings) -> bool:
+    """Build and log the version's index, then move `champion` if the version is better."""
+    from outfitter.platform import registry
+    from outfitter.platform.index import build_index_for_model
+
+    resolved = registry.resolve_model(f"models:/{model_name}/{version}")
+    with tempfile.TemporaryDirectory() as tmp:
+        build_index_for_model(resolved, Path(inputs["data_dir"]), Path(tmp) / "index")
+        registry.log_index(model_name, version, Path(tmp) / "index")
+    return registry.promote_if_better(
+        model_name, version, f"best_{settings.monitor}", mode=settings.monitor_mode
+    )
+
+
+def _is_num(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _log_params(model_cfg, settings: TrainSettings, data_dir: str) -> None:
+    import mlflow
+
+    flat = _flatten({"model": model_cfg.to_dict(), "settings": settings.to_dict()})
+    flat["data_dir"] = data_dir
+    mlflow.log_params({k: str(v)[:500] for k, v in flat.items()})
+    mlflow.log_dict(model_cfg.to_dict(), "config/model_config.json")
+    mlflow.log_dict(settings.to_dict(), "config/train_settings.json")
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _history(result) -> list[dict]:
+    df = result.metrics_dataframe
+    return [] if df is None else json.loads(df.to_json(orient="records"))
+
+
+def _final_evaluation(checkpoint_dir: Path, inputs: dict, version: str) -> tuple[dict, dict]:
+    """Valid and test metrics of the best checkpoint, computed the way `outfitter evaluate` does."""
+    from outfitter.platform.evaluation import evaluate_checkpoint
+
+    valid = evaluate_checkpoint(checkpoint_dir, Path(inputs["data_dir"]), "valid", version=version,
+                                features=inputs["features"])
+    test = evaluate_checkpoint(checkpoint_dir, Path(inputs["data_dir"]), "test", version=version,
+                               features=inputs["features"])
+    return valid, test
+
+
+def _log_plots(history: list, checkpoint_dir: Path, inputs: dict, version: str) -> None:
+    import mlflow
+
+    from outfitter.platform import plots
+
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = plots.training_plots(history, checkpoint_dir, Path(inputs["data_dir"]), version,
+                                     Path(tmp), features=inputs["features"])
+        for path in paths:
+            mlflow.log_artifact(str(path), artifact_path="plots")

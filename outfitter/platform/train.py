@@ -1,0 +1,138 @@
+"""Distributed training on Ray Train (V2): one `train_loop_per_worker` for `outfitter train` and Tune.
+
+`build_trainer` is the only place that assembles the Ray scaffolding (ScalingConfig, RunConfig,
+CheckpointConfig, FailureConfig), so a Tune trial and a plain training run differ only in the
+loop config they pass and the callbacks they add. A run is resumable: under a stable
+`RunConfig(name, storage_path)` a re-run of the same command (or a restarted worker group after a
+killed worker) continues from `ray.train.get_checkpoint()`: the weights, optimizer, schedule,
+early-stopping state and epoch counter all live in the checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from outfitter.platform.settings import TrainSettings
+
+# ---------------------------------------------------------------- worker side
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """The training loop every Ray Train worker runs (and every Tune trial, unchanged).
+
+    `config` holds plain values only (it crosses processes): `model_config` (resolved dict),
+    `settings` (TrainSettings as dict), `data_dir`, `features_ref` (Ray object ref of the cached
+    tower features, or None in end-to-end mode), `mlflow` ({tracking_uri, run_id} or None).
+    """
+    import ray.train
+
+    from outfitter.platform.loop import EpochRunner
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    runner = EpochRunner.from_config(config, rank=rank, world=world)
+    start_epoch = runner.restore(ray.train.get_checkpoint())
+    for epoch in range(start_epoch, runner.settings.epochs):
+        t0 = time.perf_counter()
+        train_metrics = runner.train_epoch(epoch)
+        metrics = {"epoch": epoch + 1, **train_metrics, "epoch_seconds": time.perf_counter() - t0}
+        if rank == 0:
+            metrics.update(runner.validate())
+        stop = runner.update_early_stopping(metrics)
+        _report(runner, epoch, metrics, rank)
+        if stop:
+            break
+
+
+def _report(runner, epoch: int, metrics: dict, rank: int) -> None:
+    """Rank 0 writes a complete checkpoint into a fresh temporary folder, then reports it.
+
+    Ray Train copies the folder into run storage only after `report`, so a checkpoint in storage is
+    never half-written. Other ranks report metrics only (`report` is a barrier for all).
+    """
+    import ray.train
+
+    if rank != 0:
+        ray.train.report(metrics)
+        return
+    runner.log_metrics(metrics, step=epoch + 1)
+    with tempfile.TemporaryDirectory(prefix="outfitter-ckpt-") as tmp:
+        runner.save(Path(tmp), epoch, metrics)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+# ---------------------------------------------------------------- driver side
+
+
+def build_trainer(loop_config: dict, settings: TrainSettings, *, callbacks=None, name: str | None = None):
+    """The TorchTrainer for a run: the one place the Ray scaffolding is built."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    scaling = ScalingConfig(
+        num_workers=settings.workers,
+        use_gpu=settings.use_gpu,
+        resources_per_worker=None if settings.use_gpu else {"CPU": settings.cpus_per_worker},
+    )
+    run_config = RunConfig(
+        name=name or settings.run_name,
+        storage_path=_storage_path(settings.storage_path),
+        checkpoint_config=CheckpointConfig(
+            num_to_keep=settings.checkpoints_to_keep,
+            checkpoint_score_attribute=settings.monitor,
+            checkpoint_score_order=settings.monitor_mode,
+        ),
+        failure_config=FailureConfig(max_failures=settings.max_failures),
+        callbacks=callbacks,
+    )
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=scaling,
+        run_config=run_config,
+    )
+
+
+def _storage_path(path: str) -> str:
+    """Local folders become absolute (Ray requires it); URIs (s3://, gs://, ...) pass through."""
+    if "://" in path:
+        return path
+    resolved = Path(path).expanduser().resolve()
+    resolved.mkdir(parents=True, exist_ok=True)
+    if not os.access(resolved, os.W_OK):
+        raise PermissionError(f"training storage path {resolved} is not writable; pass --storage-path")
+    return str(resolved)
+
+
+def best_checkpoint_dir(result, settings: TrainSettings) -> Path:
+    """The local folder of the best reported checkpoint (by the monitored metric)."""
+    best = result.best_checkpoints
+    if not best:
+        if result.checkpoint is None:
+            raise RuntimeError(f"training run {settings.run_name} reported no checkpoint")
+        return Path(result.checkpoint.path)
+    sign = 1 if settings.monitor_mode == "max" else -1
+
+    def score(pair):
+        value = pair[1].get(settings.monitor)
+        return -math.inf if value is None else sign * value
+
+    checkpoint, _ = max(best, key=score)
+    return Path(checkpoint.path)
+
+
+def elapsed(fn, *args, **kwargs):
+    """(result, seconds) of a call: stage timings for summaries."""
+    t0 = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - t0
+
+
+def default_device(use_gpu: bool) -> torch.device:
+    return torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")

@@ -1,0 +1,121 @@
+"""The driver of `outfitter tune`: MLflow parent run, Tuner (new or restored), results, registry.
+
+Re-running the same command after an interruption restores the Tuner from its storage path and
+re-uses the search's unfinished MLflow parent run, so nothing already tried is lost or repeated.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from outfitter.platform.tune import SearchOutcome, best_row, build_tuner, results_table
+from outfitter.platform.tune_config import SearchConfig
+
+
+def run_search(search: SearchConfig, data_dir: Path, *, workdir: Path, storage_path: str,
+               model_name: str = "outfitter") -> SearchOutcome:
+    """Run or resume `search` on `data_dir`; log, tabulate, plot and register its best trial."""
+    import mlflow
+    import ray
+    from ray import tune
+
+    from outfitter.model import load_config
+    from outfitter.platform import registry
+    from outfitter.platform.runs import EXPERIMENT, _find_or_start_run, prepare_inputs
+    from outfitter.platform.settings import TrainSettings
+    from outfitter.platform.train import _storage_path
+    from outfitter.platform.tune import _trial
+
+    tracking_uri = registry.configure_tracking(workdir)
+    experiment_id = registry.ensure_experiment(EXPERIMENT)
+    base_cfg = load_config(search.model_config_name)
+    base_settings = TrainSettings.from_dict(search.settings).with_overrides(
+        workers=search.resources_per_trial.workers,
+        use_gpu=search.resources_per_trial.use_gpu,
+        cpus_per_worker=search.resources_per_trial.cpus_per_worker,
+        monitor=search.metric,
+        monitor_mode=search.mode,
+    ).resolve(base_cfg)
+    if search.scheduler.type == "asha" and base_settings.epochs < search.scheduler.max_t:
+        base_settings = base_settings.with_overrides(epochs=search.scheduler.max_t)
+    inputs = prepare_inputs(base_cfg, data_dir)
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False, log_to_driver=False)
+    storage_path = _storage_path(storage_path)
+    base_settings = base_settings.with_overrides(storage_path=str(Path(storage_path) / f"{search.name}-trials"))
+    features_ref = None if inputs["features"] is None else ray.put(inputs["features"])
+    with _find_or_start_run(f"tune-{search.name}", experiment_id) as parent:
+        mlflow.log_dict(search.model_dump(by_alias=True), "config/search.json")
+        base = {
+            "model_config_name": search.model_config_name,
+            "settings": base_settings.to_dict(),
+            "tracking_uri": tracking_uri,
+            "loop": {"data_dir": inputs["data_dir"], "features_ref": features_ref},
+        }
+        trainable = tune.with_parameters(
+            _trial, search=search.model_dump(), base=base,
+            parent_run_id=parent.info.run_id, experiment_id=experiment_id,
+        )
+        trainable = tune.with_resources(trainable, {"CPU": 1})
+        tuner, restored = build_tuner(search, trainable=trainable, storage_path=storage_path)
+        results = tuner.fit()
+        params, metric, checkpoint = best_row(results, search.metric, search.mode)
+        table = results_table(results, search.metric)
+        stopped = _stopped_early(table, base_settings.epochs)
+        mlflow.log_metrics({f"best_{search.metric}": metric, "trials": len(table),
+                            "stopped_early": stopped})
+        mlflow.log_params({f"best.{k}": v for k, v in params.items()})
+        table_path = Path(workdir) / f"tune-{search.name}-results.csv"
+        table.to_csv(table_path, index=False)
+        mlflow.log_artifact(str(table_path), artifact_path="tune")
+        _log_plot(results, search.metric)
+        version = None
+        if search.register_best:
+            version = _register_best(Path(checkpoint), inputs, model_name, search, metric)
+    return SearchOutcome(params, metric, Path(checkpoint), len(table), stopped, table_path, version,
+                         parent.info.run_id)
+
+
+def _stopped_early(table, max_epochs: int) -> int:
+    """Trials that ran fewer epochs than the budget without an error (the scheduler stopped them)."""
+    return int(((table["epochs"] < max_epochs) & ~table["error"]).sum())
+
+
+def _register_best(checkpoint: Path, inputs: dict, model_name: str, search: SearchConfig,
+                   metric: float) -> str:
+    """Log the best checkpoint as a model in a child run and register it as `challenger`."""
+    import mlflow
+
+    from outfitter.platform import registry
+
+    with mlflow.start_run(run_name=f"tune-{search.name}-best", nested=True):
+        mlflow.log_metric(f"best_{search.metric}", metric)
+        mlflow.log_metric(search.metric, metric)
+        info = registry.log_checkpoint_model(checkpoint, data_dir=inputs["data_dir"])
+        return registry.register_model(info.model_uri, name=model_name, alias="challenger",
+                                       tags={"tune_search": search.name})
+
+
+def _log_plot(results, metric: str) -> None:
+    """Metric per epoch of every trial (ASHA's early stops show as short lines)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import mlflow
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for result in results:
+        df = result.metrics_dataframe
+        if df is not None and metric in df:
+            ax.plot(df["training_iteration"], df[metric], marker="o", label=Path(result.path).name[-12:])
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(metric)
+    ax.set_title("Tune trials")
+    ax.legend(fontsize=6)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "trials.png"
+        fig.savefig(path, dpi=100, bbox_inches="tight")
+        mlflow.log_artifact(str(path), artifact_path="tune")
+    plt.close(fig)
