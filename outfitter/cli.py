@@ -51,8 +51,10 @@ def data_synth(
     except (DatasetError, ValueError) as e:
         _fail(str(e))
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
-    typer.echo(f"wrote {fmt} catalog ({outfits} outfits) to {out}: "
-               f"{size / 2**20:.1f} MiB in {time.perf_counter() - start:.1f} s")
+    typer.echo(
+        f"wrote {fmt} catalog ({outfits} outfits) to {out}: "
+        f"{size / 2**20:.1f} MiB in {time.perf_counter() - start:.1f} s"
+    )
 
 
 @data_app.command("validate")
@@ -90,6 +92,52 @@ def models() -> None:
         typer.echo(name)
 
 
+@app.command("clip-pretrain")
+def clip_pretrain(
+    data: Path = typer.Option(..., "--data", help="Dataset folder (Polyvore layout)."),
+    out: Path = typer.Option(..., "--out", help="Weights file to write (.safetensors)."),
+    epochs: int = typer.Option(10, "--epochs", help="Passes over the train items."),
+    arch: str = typer.Option("outfitter-tiny", "--arch", help="open_clip architecture."),
+    embed_dim: int = typer.Option(64, "--embed-dim", help="The architecture's feature width."),
+    pretrained: str = typer.Option(None, "--pretrained", help="Start from a tag or local file."),
+    version: str = typer.Option("nondisjoint", "--version", help="Split whose train items train."),
+    batch_size: int = typer.Option(128, "--batch-size"),
+    lr: float = typer.Option(1e-3, "--lr"),
+) -> None:
+    """Pre-train CLIP towers on the catalog's image/title pairs (use: clip.pretrained=OUT)."""
+    from rich.progress import Progress
+
+    from outfitter.data import DatasetError, load_catalog
+    from outfitter.model.clip_pretrain import catalog_split_ids, pretrain
+    from outfitter.model.config import ClipCfg
+    from outfitter.model.towers import TowerWeightsError
+
+    if out.suffix != ".safetensors":
+        _fail(f"--out {out}: the weights are written as safetensors; name it *.safetensors")
+    try:
+        catalog = load_catalog(data)
+        train_ids, held = catalog_split_ids(data, version, catalog)
+        cfg = ClipCfg(arch=arch, pretrained=pretrained, embed_dim=embed_dim)
+        with Progress() as bar:
+            task = bar.add_task("clip-pretrain", total=None)
+
+            def report(step: int, total: int, info: dict) -> None:
+                bar.update(task, completed=step, total=total,
+                           description=f"clip-pretrain loss {info['loss']:.3f}")  # fmt: skip
+
+            result = pretrain(catalog, cfg, out, epochs, train_ids=train_ids, heldout_ids=held,
+                              batch_size=batch_size, lr=lr, progress=report)  # fmt: skip
+    except (DatasetError, TowerWeightsError, ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    before = result["before"]
+    typer.echo(
+        f"held-out items: {result['n_heldout']}, recall@1 image->text "
+        f"{result['image_to_text_r1']:.3f} (before {before['image_to_text_r1']:.3f}), "
+        f"text->image {result['text_to_image_r1']:.3f} (before {before['text_to_image_r1']:.3f}), "
+        f"chance {result['chance_r1']:.4f}"
+    )
+    typer.echo(f"wrote {out} ({result['seconds']:.0f} s); use it with clip.pretrained={out}")
+
 
 # ---------------------------------------------------------------- platform
 
@@ -111,16 +159,27 @@ def _user_errors():
     from outfitter.model import ConfigError
     from outfitter.platform.registry import RegistryError
 
-    return (DatasetError, ConfigError, RegistryError, ValueError, FileNotFoundError, PermissionError)
+    return (
+        DatasetError,
+        ConfigError,
+        RegistryError,
+        ValueError,
+        FileNotFoundError,
+        PermissionError,
+    )
 
 
 @app.command("embed")
 def embed(
     data: Path = typer.Option(..., "--data", help="Dataset folder (Polyvore layout)."),
-    model_config: str = typer.Option("hybrid-tiny", "--model-config", help="Config name or YAML path."),
+    model_config: str = typer.Option(
+        "hybrid-tiny", "--model-config", help="Config name or YAML path."
+    ),
     out: Path | None = typer.Option(None, "--out", help="Also copy the features here."),
     set_: list[str] = typer.Option(None, "--set", help="Model config override KEY=VALUE."),
-    cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Feature cache (default ~/.cache/outfitter)."),
+    cache_dir: Path | None = typer.Option(
+        None, "--cache-dir", help="Feature cache (default ~/.cache/outfitter)."
+    ),
     force: bool = typer.Option(False, "--force", help="Recompute even when cached."),
 ) -> None:
     """Embed every catalog item with the frozen CLIP towers on Ray Data (cached by content)."""
@@ -148,7 +207,9 @@ def embed(
 
 @app.command("train")
 def train(
-    model_config: str = typer.Option("hybrid-tiny", "--model-config", help="Config name or YAML path."),
+    model_config: str = typer.Option(
+        "hybrid-tiny", "--model-config", help="Config name or YAML path."
+    ),
     data: Path = typer.Option(..., "--data", help="Dataset folder (Polyvore layout)."),
     workers: int = typer.Option(1, "--workers", help="Ray Train workers (DDP processes)."),
     gpu: bool = typer.Option(False, "--gpu", help="One GPU per worker, bf16 autocast."),
@@ -157,13 +218,23 @@ def train(
     lr: float | None = typer.Option(None, "--lr", help="Peak learning rate."),
     version: str = typer.Option("nondisjoint", "--version", help="nondisjoint or disjoint."),
     set_: list[str] = typer.Option(None, "--set", help="Model config override KEY=VALUE."),
-    workdir: Path = typer.Option(Path("outfitter-work"), "--workdir", help="MLflow store + Ray results."),
-    storage_path: str | None = typer.Option(None, "--storage-path", help="Ray storage (folder or URI)."),
+    workdir: Path = typer.Option(
+        Path("outfitter-work"), "--workdir", help="MLflow store + Ray results."
+    ),
+    storage_path: str | None = typer.Option(
+        None, "--storage-path", help="Ray storage (folder or URI)."
+    ),
     run_name: str | None = typer.Option(None, "--run-name", help="Stable name; re-run to resume."),
-    metrics_out: Path | None = typer.Option(None, "--metrics-out", help="Write valid/test metrics JSON."),
+    metrics_out: Path | None = typer.Option(
+        None, "--metrics-out", help="Write valid/test metrics JSON."
+    ),
     model_name: str = typer.Option("outfitter", "--model-name", help="Registered model name."),
-    promote_if_better: bool = typer.Option(False, "--promote-if-better", help="Index + promote to champion if better."),
-    max_steps: int = typer.Option(0, "--max-steps-per-epoch", help="Cap steps per epoch (0 = full)."),
+    promote_if_better: bool = typer.Option(
+        False, "--promote-if-better", help="Index + promote to champion if better."
+    ),
+    max_steps: int = typer.Option(
+        0, "--max-steps-per-epoch", help="Cap steps per epoch (0 = full)."
+    ),
 ) -> None:
     """Train on Ray Train, evaluate, log to MLflow and register a version (alias challenger)."""
     import json
@@ -174,19 +245,34 @@ def train(
     try:
         overrides = _parse_overrides(set_)
         settings = TrainSettings().with_overrides(
-            workers=workers, use_gpu=gpu, epochs=epochs, batch_size=batch_size, lr=lr,
-            version=version, max_steps_per_epoch=max_steps,
+            workers=workers,
+            use_gpu=gpu,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            version=version,
+            max_steps_per_epoch=max_steps,
             storage_path=storage_path or str(workdir / "ray_results"),
             run_name=run_name or f"{Path(model_config).stem}-{version}",
         )
         outcome = train_and_register(
-            model_config, data, settings, workdir=workdir, overrides=overrides,
-            model_name=model_name, promote_if_better=promote_if_better,
+            model_config,
+            data,
+            settings,
+            workdir=workdir,
+            overrides=overrides,
+            model_name=model_name,
+            promote_if_better=promote_if_better,
         )
     except _user_errors() as err:
         _fail(str(err))
-    result = {"model_version": outcome.model_version, "model_name": outcome.model_name,
-              "run_id": outcome.run_id, "valid": outcome.valid, "test": outcome.test}
+    result = {
+        "model_version": outcome.model_version,
+        "model_name": outcome.model_name,
+        "run_id": outcome.run_id,
+        "valid": outcome.valid,
+        "test": outcome.test,
+    }
     typer.echo(json.dumps(result, indent=2))
     if metrics_out:
         metrics_out.parent.mkdir(parents=True, exist_ok=True)
@@ -195,12 +281,18 @@ def train(
 
 @app.command("evaluate")
 def evaluate(
-    model: str = typer.Option(..., "--model", help="models:/outfitter@champion, models:/NAME/V or a folder."),
+    model: str = typer.Option(
+        ..., "--model", help="models:/outfitter@champion, models:/NAME/V or a folder."
+    ),
     data: Path = typer.Option(..., "--data", help="Dataset folder."),
     split: str = typer.Option("test", "--split", help="valid or test."),
-    version: str | None = typer.Option(None, "--version", help="nondisjoint/disjoint (default: trained one)."),
+    version: str | None = typer.Option(
+        None, "--version", help="nondisjoint/disjoint (default: trained one)."
+    ),
     out: Path | None = typer.Option(None, "--out", help="Write the metrics JSON here."),
-    workdir: Path = typer.Option(Path("outfitter-work"), "--workdir", help="Where the local MLflow store is."),
+    workdir: Path = typer.Option(
+        Path("outfitter-work"), "--workdir", help="Where the local MLflow store is."
+    ),
 ) -> None:
     """Compatibility AUC, FITB accuracy and recall@10 of a model version; logged to its run."""
     import json
@@ -224,7 +316,9 @@ def promote(
     model_name: str = typer.Option("outfitter", "--model-name", help="Registered model name."),
     if_better: bool = typer.Option(False, "--if-better", help="Only if it beats the champion."),
     metric: str = typer.Option("best_valid_compatibility_auc", "--metric", help="Metric compared."),
-    workdir: Path = typer.Option(Path("outfitter-work"), "--workdir", help="Where the local MLflow store is."),
+    workdir: Path = typer.Option(
+        Path("outfitter-work"), "--workdir", help="Where the local MLflow store is."
+    ),
 ) -> None:
     """Point alias `champion` at a version (which must have its faiss index)."""
     from outfitter.platform import registry
@@ -238,16 +332,23 @@ def promote(
             moved = True
     except _user_errors() as err:
         _fail(str(err))
-    typer.echo(f"champion -> {model_name}/{version}" if moved else
-               f"kept the champion: version {version} is not better on {metric}")
+    typer.echo(
+        f"champion -> {model_name}/{version}"
+        if moved
+        else f"kept the champion: version {version} is not better on {metric}"
+    )
 
 
 @app.command("tune")
 def tune(
     config: Path = typer.Option(..., "--config", help="Search YAML (see tune_configs/)."),
     data: Path = typer.Option(..., "--data", help="Dataset folder."),
-    workdir: Path = typer.Option(Path("outfitter-work"), "--workdir", help="MLflow store + Ray results."),
-    storage_path: str | None = typer.Option(None, "--storage-path", help="Ray storage (folder or URI)."),
+    workdir: Path = typer.Option(
+        Path("outfitter-work"), "--workdir", help="MLflow store + Ray results."
+    ),
+    storage_path: str | None = typer.Option(
+        None, "--storage-path", help="Ray storage (folder or URI)."
+    ),
     model_name: str = typer.Option("outfitter", "--model-name", help="Registered model name."),
 ) -> None:
     """Run (or resume) a Ray Tune search; registers the best trial as `challenger`."""
@@ -256,8 +357,13 @@ def tune(
 
     try:
         search = load_search_config(config)
-        outcome = run_search(search, data, workdir=workdir, model_name=model_name,
-                             storage_path=storage_path or str(workdir / "ray_results"))
+        outcome = run_search(
+            search,
+            data,
+            workdir=workdir,
+            model_name=model_name,
+            storage_path=storage_path or str(workdir / "ray_results"),
+        )
     except (TuneConfigError, *_user_errors()) as err:
         _fail(str(err))
     typer.echo(
@@ -265,6 +371,95 @@ def tune(
         f"{search.metric}={outcome.best_metric:.4f} with {outcome.best_params}; "
         f"registered version {outcome.model_version}; table {outcome.table_path}"
     )
+
+
+# ---------------------------------------------------------------- index + serve
+
+
+@index_app.command("build")
+def index_build(
+    model: str = typer.Option(..., "--model", help="models:/NAME@ALIAS, models:/NAME/V, folder."),
+    data: Path = typer.Option(..., "--data", help="Dataset folder (the catalog to index)."),
+    out: Path | None = typer.Option(
+        None, "--out", help="Index folder (default: CHECKPOINT/index for a folder, else temp)."
+    ),
+    kind: str = typer.Option("auto", "--kind", help="auto, flat, ivf or hnsw."),
+    exact_below: int = typer.Option(
+        50_000, "--exact-below", help="auto: exact IndexFlatIP below this many items per category."
+    ),
+    workdir: Path = typer.Option(
+        Path("outfitter-work"), "--workdir", help="Where the local MLflow store is."
+    ),
+) -> None:
+    """Build the faiss catalog index of a model version and log it to that version."""
+    import tempfile
+
+    from outfitter.platform import registry
+    from outfitter.platform.index import IndexConfig, build_index_for_model
+
+    try:
+        if "://" in model or model.startswith(("models:/", "runs:/")):
+            registry.configure_tracking(workdir)
+        resolved = registry.resolve_model(model)
+        config = IndexConfig(kind=kind, exact_below=exact_below)
+        if out is None and resolved.version is None:
+            out = Path(resolved.checkpoint_dir) / "index"  # where serving a folder looks
+        folder = out or Path(tempfile.mkdtemp(prefix="outfitter-index-"))
+        index = build_index_for_model(resolved, data, folder, config=config)
+        if resolved.version is not None:
+            registry.log_index(resolved.name, resolved.version, folder)
+    except _user_errors() as err:
+        _fail(str(err))
+    shards = ", ".join(f"{c}: {k}" for c, k in index.shard_kinds().items())
+    target = f"logged to {resolved.label}" if resolved.version else f"saved to {folder}"
+    typer.echo(f"indexed {len(index)} items ({index.dim}-d; {shards}); {target}")
+
+
+@app.command("serve")
+def serve(
+    config: Path = typer.Option(
+        Path("serve_configs/local.yaml"), "--config", help="Serve config YAML (as for `serve run`)."
+    ),
+    address: str | None = typer.Option(
+        None, "--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)."
+    ),
+    blocking: bool = typer.Option(
+        True, "--blocking/--detach", help="Stay up until Ctrl-C, or return (needs a cluster)."
+    ),
+    pin: bool = typer.Option(
+        True, "--pin/--no-pin", help="Pin the model version an alias names (re-run to hot-swap)."
+    ),
+) -> None:
+    """Deploy the Ray Serve applications of a config file and print their URL."""
+    import os
+    import time
+
+    import ray
+
+    from outfitter.platform.serving import launch
+
+    try:
+        prepared = launch.prepare_config(launch.load_serve_config(config), pin=pin)
+        address = address or os.environ.get("RAY_ADDRESS")
+        if not blocking and not address:
+            _fail("--detach needs a running Ray cluster (`ray start --head`, then --address auto)")
+        if not ray.is_initialized():
+            ray.init(address=address, namespace="serve", include_dashboard=False)
+        names = launch.deploy(prepared)
+    except (launch.ServeConfigError, RuntimeError, TimeoutError, *_user_errors()) as err:
+        _fail(str(err))
+    typer.echo(f"serving {', '.join(names)} at {launch.url_of(prepared)} (OpenAPI at /docs)")
+    if not blocking:
+        return
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        from ray import serve as ray_serve
+
+        typer.echo("shutting down Serve")
+        ray_serve.shutdown()
+
 
 if __name__ == "__main__":
     app()

@@ -1,4 +1,4 @@
-"""Shared fixtures: one Ray instance per test session, a small synthetic catalog, the mini Polyvore sample."""
+"""Shared fixtures: one Ray instance per session, a small synthetic catalog, the Polyvore sample."""
 
 from __future__ import annotations
 

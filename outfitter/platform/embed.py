@@ -96,6 +96,7 @@ def embed_catalog(
         return FeatureTable.load(out), out, True
     if not ray.is_initialized():
         ray.init(include_dashboard=False, log_to_driver=False)
+    ray.data.DataContext.get_current().print_on_execution_start = False
     gpus = ray.cluster_resources().get("GPU", 0)
     use_gpu = bool(gpus) if use_gpu is None else use_gpu
     if actors is None:
@@ -110,14 +111,16 @@ def embed_catalog(
         TowerEmbedder,
         fn_constructor_kwargs={"clip_cfg": clip_cfg.__dict__, "use_gpu": use_gpu},
         batch_size=batch_size,
-        concurrency=actors,
+        compute=ray.data.ActorPoolStrategy(size=actors),
         num_gpus=1 if use_gpu else 0,
         num_cpus=0 if use_gpu else 1,
         batch_format="numpy",
     )
     by_id = {}
     for batch in embedded.iter_batches(batch_size=None, batch_format="numpy"):
-        for item_id, image, text in zip(batch["item_id"], batch["image"], batch["text_feat"]):
+        for item_id, image, text in zip(
+            batch["item_id"], batch["image"], batch["text_feat"], strict=True
+        ):
             by_id[str(item_id)] = (image, text)
     missing = [i for i in ids if i not in by_id]
     if missing:

@@ -1,4 +1,4 @@
-"""`outfitter evaluate`: metrics of a model version (or checkpoint) on a split, logged back to MLflow.
+"""`outfitter evaluate`: metrics of a model version or checkpoint on a split, logged to MLflow.
 
 The same function evaluates the best checkpoint at the end of training, so a registered version's
 validation numbers are reproduced exactly by `outfitter evaluate --split valid`.
@@ -53,8 +53,15 @@ def evaluate_checkpoint(
     return {k: (float(v) if isinstance(v, float) else v) for k, v in metrics.items()}
 
 
-def evaluate_model(uri: str, data_dir: Path, split: str = "test", *, version: str | None = None,
-                   workdir: Path | None = None, log: bool = True) -> dict:
+def evaluate_model(
+    uri: str,
+    data_dir: Path,
+    split: str = "test",
+    *,
+    version: str | None = None,
+    workdir: Path | None = None,
+    log: bool = True,
+) -> dict:
     """Evaluate a registered model (or local checkpoint) and log the results to its run."""
     from outfitter.platform import registry
 

@@ -37,16 +37,30 @@ def _lr_lambda(total_steps: int, warmup_frac: float):
 class EpochRunner:
     """Everything one worker needs to train, validate and checkpoint epoch by epoch."""
 
-    def __init__(self, model_cfg, settings: TrainSettings, data_dir: Path, features, mlflow_info,
-                 rank: int, world: int, device: torch.device):
+    def __init__(
+        self,
+        model_cfg,
+        settings: TrainSettings,
+        data_dir: Path,
+        features,
+        mlflow_info,
+        rank: int,
+        world: int,
+        device: torch.device,
+    ):
         from outfitter.data import load_catalog, load_split
         from outfitter.model.factory import build_model
-        from outfitter.model.task import build_task
         from outfitter.model.inputs import InputBuilder
+        from outfitter.model.task import build_task
 
         # The run's optimiser settings win over the architecture's defaults (and are saved).
-        model_cfg = model_cfg.replace({"optim.lr": settings.lr, "optim.weight_decay": settings.weight_decay,
-                                       "optim.grad_clip": settings.grad_clip})
+        model_cfg = model_cfg.replace(
+            {
+                "optim.lr": settings.lr,
+                "optim.weight_decay": settings.weight_decay,
+                "optim.grad_clip": settings.grad_clip,
+            }
+        )
         self.cfg, self.settings, self.rank, self.world = model_cfg, settings, rank, world
         self.device, self.mlflow_info = device, mlflow_info
         torch.manual_seed(settings.seed)
@@ -60,7 +74,9 @@ class EpochRunner:
             vocab = build_vocab(model_cfg, self.catalog, sorted(self._train_items()))
         self.model = build_model(model_cfg, vocab=vocab)
         self.task = build_task(self.model, model_cfg).to(device)
-        self.builder = InputBuilder.for_model(self.model, self.catalog, features, seed=settings.seed + rank)
+        self.builder = InputBuilder.for_model(
+            self.model, self.catalog, features, seed=settings.seed + rank
+        )
         self.builder.set_negative_pool(sorted(self._train_items()))
         self.wrapped = self._wrap(self.task)
         self.datasets, self.loaders = self._loaders()
@@ -86,7 +102,9 @@ class EpochRunner:
 
         from outfitter.model.config import ModelConfig
 
-        features = ray.get(config["features_ref"]) if config.get("features_ref") is not None else None
+        features = (
+            ray.get(config["features_ref"]) if config.get("features_ref") is not None else None
+        )
         return cls(
             ModelConfig.from_dict(config["model_config"]),
             TrainSettings.from_dict(config["settings"]),
@@ -114,22 +132,41 @@ class EpochRunner:
         made = {}
         for kind in self.task.tasks:
             if kind == "compatibility":
-                made[kind] = (D.CompatibilityDataset(self.train_split, self.catalog, seed=seed),
-                              D.collate_compatibility)
+                made[kind] = (
+                    D.CompatibilityDataset(self.train_split, self.catalog, seed=seed),
+                    D.collate_compatibility,
+                )
             elif kind == "retrieval":
-                made[kind] = (D.RetrievalDataset(self.train_split, self.catalog, seed=seed, train=True),
-                              D.collate_retrieval)
+                made[kind] = (
+                    D.RetrievalDataset(self.train_split, self.catalog, seed=seed, train=True),
+                    D.collate_retrieval,
+                )
             elif kind == "triplets":
-                made[kind] = (D.PairDataset(self.train_split, self.catalog, seed=seed), D.collate_pairs)
+                made[kind] = (
+                    D.PairDataset(self.train_split, self.catalog, seed=seed),
+                    D.collate_pairs,
+                )
             else:
                 raise ValueError(f"task asks for batches of unknown kind {kind!r}")
         datasets, loaders = {}, {}
         for kind, (dataset, collate) in made.items():
-            sampler = DistributedSampler(dataset, num_replicas=self.world, rank=self.rank,
-                                         shuffle=True, seed=seed, drop_last=True)
+            sampler = DistributedSampler(
+                dataset,
+                num_replicas=self.world,
+                rank=self.rank,
+                shuffle=True,
+                seed=seed,
+                drop_last=True,
+            )
             datasets[kind] = (dataset, sampler)
-            loaders[kind] = DataLoader(dataset, batch_size=self.settings.batch_size, sampler=sampler,
-                                       collate_fn=collate, drop_last=True, num_workers=0)
+            loaders[kind] = DataLoader(
+                dataset,
+                batch_size=self.settings.batch_size,
+                sampler=sampler,
+                collate_fn=collate,
+                drop_last=True,
+                num_workers=0,
+            )
         return datasets, loaders
 
     def _autocast(self):
@@ -157,7 +194,9 @@ class EpochRunner:
         t0, samples = time.perf_counter(), 0
         iterators = {k: iter(v) for k, v in self.loaders.items()}
         for _ in range(self.steps_per_epoch):
-            batch = self._to_device(self.builder({k: next(it) for k, it in iterators.items()}, train=True))
+            batch = self._to_device(
+                self.builder({k: next(it) for k, it in iterators.items()}, train=True)
+            )
             with self._autocast():
                 out = self.wrapped(batch)
             loss = sum(v for k, v in out.items() if k.endswith("_loss"))
@@ -247,6 +286,9 @@ class EpochRunner:
 
         client = MlflowClient(tracking_uri=self.mlflow_info["tracking_uri"])
         now = int(time.time() * 1000)
-        values = [Metric(k, float(v), now, step) for k, v in metrics.items()
-                  if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        values = [
+            Metric(k, float(v), now, step)
+            for k, v in metrics.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+        ]
         client.log_batch(self.mlflow_info["run_id"], metrics=values)

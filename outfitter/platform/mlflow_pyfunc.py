@@ -1,29 +1,58 @@
 """MLflow "models from code" definition of an Outfitter model version.
 
 Logged with `mlflow.pyfunc.log_model(python_model=<this file>, artifacts={"checkpoint": DIR})`, so
-the registry holds code + a self-describing checkpoint (config.json, model.safetensors, meta.json)
-and nothing is pickled. `predict` scores outfits given as lists of catalog item ids, using the
-item features logged beside the weights (`checkpoint/features/`) when the model reads cached
-features; raw-input models read the catalog folder named in `model_config["data_dir"]`.
+the registry holds code + a self-describing checkpoint (config.json, model.safetensors, meta.json,
+towers.safetensors) and nothing is pickled. `predict` scores outfits given as lists of catalog item
+ids of the catalog folder named in `model_config["data_dir"]` (the training data by default).
 """
 
 from __future__ import annotations
 
 import mlflow
+import pandas as pd
 from mlflow.pyfunc import PythonModel
 
 
 class OutfitterPyfunc(PythonModel):
     def load_context(self, context):
-        from outfitter.platform.scoring import OutfitScorer
+        from pathlib import Path
+
+        from outfitter.data import load_catalog
+        from outfitter.model.checkpoint import load_checkpoint
+        from outfitter.model.inputs import InputBuilder
 
         data_dir = (context.model_config or {}).get("data_dir")
-        self.scorer = OutfitScorer.from_checkpoint(context.artifacts["checkpoint"], data_dir=data_dir)
+        if not data_dir:
+            raise ValueError(
+                "this model needs model_config={'data_dir': CATALOG} to resolve item ids"
+            )
+        self.model, self.cfg, _ = load_checkpoint(Path(context.artifacts["checkpoint"]))
+        self.catalog = load_catalog(Path(data_dir))
+        self.builder = InputBuilder.for_model(self.model, self.catalog)
 
-    def predict(self, context, model_input, params=None):
-        """`model_input`: a DataFrame with an `item_ids` column (list of ids per row) → scores."""
-        outfits = [list(ids) for ids in model_input["item_ids"]]
-        return self.scorer.score_outfits(outfits)
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> list[float]:
+        """`model_input`: a DataFrame with an `item_ids` column (a list of ids per row) →
+        compatibility probabilities, one per row."""
+        import torch
+
+        from outfitter.model.towers import compute_features
+
+        outfits = [[str(i) for i in ids] for ids in model_input["item_ids"]]
+        ids = sorted({i for outfit in outfits for i in outfit})
+        unknown = [i for i in ids if i not in self.catalog.items]
+        if unknown:
+            raise ValueError(f"unknown item ids: {unknown[:10]}")
+        if self.cfg.input_kind == "features":
+            self.builder._features = compute_features(self.builder.towers, self.catalog, ids)
+        position = {i: p for p, i in enumerate(ids)}
+        with torch.no_grad():
+            vecs = self.model.encode_items(self.builder.item_inputs(ids))  # (U, D)
+            scores = []
+            for outfit in outfits:
+                items = vecs[torch.tensor([position[i] for i in outfit])][None]  # (1, N, D)
+                mask = torch.ones(1, len(outfit), dtype=torch.bool)
+                scores.append(float(torch.sigmoid(self.model.compatibility_logits(items, mask))[0]))
+        return scores
 
 
 mlflow.models.set_model(OutfitterPyfunc())

@@ -21,15 +21,28 @@ def training_curves(history: list[dict], out: Path) -> Path:
     plt = _plt()
     epochs = [h.get("epoch") for h in history]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
-    for key in ("train_loss", "train_compatibility_loss", "train_retrieval_loss", "train_triplet_loss"):
+    for key in (
+        "train_loss",
+        "train_compatibility_loss",
+        "train_retrieval_loss",
+        "train_triplet_loss",
+    ):
         if any(key in h for h in history):
-            left.plot(epochs, [h.get(key) for h in history], marker="o", label=key.removeprefix("train_"))
+            left.plot(
+                epochs, [h.get(key) for h in history], marker="o", label=key.removeprefix("train_")
+            )
     left.set(xlabel="epoch", ylabel="loss", title="training loss")
     left.legend(fontsize=7)
-    for key in ("valid_compatibility_auc", "valid_fitb_accuracy", "valid_fitb_accuracy_compat",
-                "valid_recall_at_10"):
+    for key in (
+        "valid_compatibility_auc",
+        "valid_fitb_accuracy",
+        "valid_fitb_accuracy_compat",
+        "valid_recall_at_10",
+    ):
         if any(key in h for h in history):
-            right.plot(epochs, [h.get(key) for h in history], marker="o", label=key.removeprefix("valid_"))
+            right.plot(
+                epochs, [h.get(key) for h in history], marker="o", label=key.removeprefix("valid_")
+            )
     right.set(xlabel="epoch", ylim=(0, 1), title="validation")
     right.legend(fontsize=7)
     path = out / "training_curves.png"
@@ -47,7 +60,9 @@ def roc_curve_plot(labels, scores, out: Path) -> Path:
     fig, ax = plt.subplots(figsize=(4, 4))
     ax.plot(fpr, tpr, label=f"AUC = {roc_auc_score(labels, scores):.3f}")
     ax.plot([0, 1], [0, 1], "--", color="grey")
-    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="compatibility ROC (valid)")
+    ax.set(
+        xlabel="false positive rate", ylabel="true positive rate", title="compatibility ROC (valid)"
+    )
     ax.legend(loc="lower right")
     path = out / "roc_valid.png"
     fig.savefig(path, dpi=100, bbox_inches="tight")
@@ -67,10 +82,14 @@ def fitb_grid(catalog, questions, scores, out: Path, n: int = 6) -> Path:
     axes = np.atleast_2d(axes)
     for r, (q, s) in enumerate(zip(questions, scores, strict=False)):
         chosen = int(np.argmax(s))
-        cells = [(i, None) for i in q.question] + [(None, None)] + [
-            (a, "green" if k == q.correct == chosen else "red" if k == chosen else None)
-            for k, a in enumerate(q.answers)
-        ]
+        cells = (
+            [(i, None) for i in q.question]
+            + [(None, None)]
+            + [
+                (a, "green" if k == q.correct == chosen else "red" if k == chosen else None)
+                for k, a in enumerate(q.answers)
+            ]
+        )
         for c, ax in enumerate(axes[r]):
             ax.axis("off")
             if c >= len(cells) or cells[c][0] is None:
@@ -96,8 +115,9 @@ def fitb_grid(catalog, questions, scores, out: Path, n: int = 6) -> Path:
     return path
 
 
-def training_plots(history, checkpoint_dir: Path, data_dir: Path, version: str, out: Path,
-                   *, features=None) -> list[Path]:
+def training_plots(
+    history, checkpoint_dir: Path, data_dir: Path, version: str, out: Path, *, features=None
+) -> list[Path]:
     """All plots of a finished run (curves, ROC, FITB grid) into `out`."""
     import torch
 
@@ -116,14 +136,18 @@ def training_plots(history, checkpoint_dir: Path, data_dir: Path, version: str, 
     with torch.no_grad():
         vecs = encode_catalog(model, builder, catalog.item_ids)
         if split.compatibility:
-            scores = [_score(model, vecs, [row[i] for i in q.item_ids]) for q in split.compatibility]
+            scores = [
+                _score(model, vecs, [row[i] for i in q.item_ids]) for q in split.compatibility
+            ]
             labels = [q.label for q in split.compatibility]
             if len(set(labels)) == 2:
                 paths.append(roc_curve_plot(labels, scores, out))
         if split.fitb:
             chosen = split.fitb[:6]
-            scores = [[_score(model, vecs, [row[i] for i in q.question] + [row[a]]) for a in q.answers]
-                      for q in chosen]
+            scores = [
+                [_score(model, vecs, [row[i] for i in q.question] + [row[a]]) for a in q.answers]
+                for q in chosen
+            ]
             paths.append(fitb_grid(catalog, chosen, scores, out))
     return paths
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -87,21 +89,34 @@ def log_checkpoint_model(checkpoint_dir: Path, *, name: str = "model", data_dir:
 
     example = pd.DataFrame({"item_ids": [["item-a", "item-b", "item-c"]]})
     signature = infer_signature(example, [0.5])
-    return mlflow.pyfunc.log_model(
-        name=name,
-        python_model=str(Path(__file__).with_name("mlflow_pyfunc.py")),
-        artifacts={"checkpoint": str(checkpoint_dir)},
-        signature=signature,
-        model_config={"data_dir": data_dir} if data_dir else None,
-        pip_requirements=_pinned_requirements(),
-    )
+    with tempfile.TemporaryDirectory() as tmp:
+        # The model needs the checkpoint's model files only (not the optimiser state), under a
+        # fixed folder name: MLflow keeps the source folder's name inside `artifacts/`.
+        staged = Path(tmp) / "checkpoint"
+        shutil.copytree(checkpoint_dir, staged, ignore=shutil.ignore_patterns("training_state.pt"))
+        return mlflow.pyfunc.log_model(
+            name=name,
+            python_model=str(Path(__file__).with_name("mlflow_pyfunc.py")),
+            artifacts={"checkpoint": str(staged)},
+            signature=signature,
+            model_config={"data_dir": data_dir} if data_dir else None,
+            pip_requirements=_pinned_requirements(),
+        )
 
 
 def _pinned_requirements() -> list[str]:
     from importlib.metadata import PackageNotFoundError, version
 
     reqs = []
-    for dist in ("torch", "open-clip-torch", "safetensors", "numpy", "pillow", "mlflow", "outfitter"):
+    for dist in (
+        "torch",
+        "open-clip-torch",
+        "safetensors",
+        "numpy",
+        "pillow",
+        "mlflow",
+        "outfitter",
+    ):
         try:
             reqs.append(f"{dist}=={version(dist)}")
         except PackageNotFoundError:
@@ -109,8 +124,13 @@ def _pinned_requirements() -> list[str]:
     return reqs
 
 
-def register_model(model_uri: str, *, name: str = DEFAULT_MODEL_NAME, alias: str = "challenger",
-                   tags: dict | None = None) -> str:
+def register_model(
+    model_uri: str,
+    *,
+    name: str = DEFAULT_MODEL_NAME,
+    alias: str = "challenger",
+    tags: dict | None = None,
+) -> str:
     """Register a logged model as a new version of `name` and point `alias` at it."""
     import mlflow
 
@@ -150,7 +170,9 @@ def log_index(name: str, version: str | int, index_dir: Path) -> str:
     return artifact_path
 
 
-def promote(name: str, version: str | int, *, alias: str = "champion", require_index: bool = True) -> None:
+def promote(
+    name: str, version: str | int, *, alias: str = "champion", require_index: bool = True
+) -> None:
     """Move `alias` to `version`: one registry write, and only once the version has its index.
 
     The alias write is the single atomic step: a crash before it leaves the old champion (with
@@ -165,8 +187,9 @@ def promote(name: str, version: str | int, *, alias: str = "champion", require_i
     set_alias(name, alias, mv.version)
 
 
-def promote_if_better(name: str, version: str | int, metric: str, *, mode: str = "max",
-                      require_index: bool = True) -> bool:
+def promote_if_better(
+    name: str, version: str | int, metric: str, *, mode: str = "max", require_index: bool = True
+) -> bool:
     """Promote `version` to champion when it beats the current champion on `metric`."""
     current = version_by_alias(name, "champion")
     new = version_metrics(_client().get_model_version(name, str(version))).get(metric)
@@ -181,7 +204,7 @@ def promote_if_better(name: str, version: str | int, metric: str, *, mode: str =
 
 
 def resolve_model(uri: str, *, dst: Path | None = None) -> ResolvedModel:
-    """Resolve a model URI (registry alias or version, runs:/ URI, or local folder) to local files."""
+    """Resolve a model URI (registry alias/version, runs:/ URI, local folder) to local files."""
     local = Path(uri)
     if "://" not in uri and local.is_dir():
         if not (local / "config.json").exists():
@@ -195,8 +218,11 @@ def resolve_model(uri: str, *, dst: Path | None = None) -> ResolvedModel:
     try:
         if match:
             name, alias = match["name"], match["alias"]
-            mv = (_client().get_model_version_by_alias(name, alias) if alias
-                  else _client().get_model_version(name, match["version"]))
+            mv = (
+                _client().get_model_version_by_alias(name, alias)
+                if alias
+                else _client().get_model_version(name, match["version"])
+            )
             source = f"models:/{name}/{mv.version}"
         elif uri.startswith("runs:/"):
             source = uri
@@ -209,7 +235,8 @@ def resolve_model(uri: str, *, dst: Path | None = None) -> ResolvedModel:
     except MlflowException as err:
         raise RegistryError(
             f"cannot resolve {uri!r} against the MLflow store {mlflow.get_tracking_uri()!r}: "
-            f"{err.message}. List versions and aliases with `mlflow ui` or check MLFLOW_TRACKING_URI."
+            f"{err.message}. List versions and aliases with `mlflow ui`, or check "
+            "MLFLOW_TRACKING_URI."
         ) from err
     except OSError as err:
         raise RegistryError(f"cannot download the artifacts of {uri!r}: {err}") from err

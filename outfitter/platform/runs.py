@@ -7,7 +7,6 @@ Ray run, and found again on a re-run of the same command, so a resumed run keeps
 
 from __future__ import annotations
 
-import json
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,11 +65,17 @@ def _find_or_start_run(run_name: str, experiment_id: str):
     """Re-use the unfinished MLflow run of the same Ray run name (resume), else start one."""
     import mlflow
 
+    mlflow.set_experiment(experiment_id=experiment_id)
     found = mlflow.search_runs(
         [experiment_id],
-        filter_string=f"tags.`outfitter.run_name` = '{run_name}' and attributes.status != 'FINISHED'",
+        filter_string=f"tags.`outfitter.run_name` = '{run_name}'",
         output_format="list",
     )
+    if any(run.info.status == "FINISHED" for run in found):
+        raise ValueError(
+            f"a run named {run_name!r} already finished (MLflow run {found[0].info.run_id}); "
+            "pass a new --run-name to train again (re-running a name resumes an unfinished run)"
+        )
     if found:
         return mlflow.start_run(run_id=found[0].info.run_id)
     return mlflow.start_run(run_name=run_name, tags={"outfitter.run_name": run_name})
@@ -105,17 +110,21 @@ def train_and_register(
     with _find_or_start_run(settings.run_name, experiment_id) as run:
         run_id = run.info.run_id
         _log_params(model_cfg, settings, inputs["data_dir"])
-        config = loop_config(model_cfg, settings, inputs, {"tracking_uri": tracking_uri, "run_id": run_id})
+        config = loop_config(
+            model_cfg, settings, inputs, {"tracking_uri": tracking_uri, "run_id": run_id}
+        )
         result = build_trainer(config, settings).fit()
         best = best_checkpoint_dir(result, settings)
-        history = _history(result)
+        history = _history(run_id)
         valid, test = _final_evaluation(best, inputs, settings.version)
         mlflow.log_metrics({f"best_valid_{k}": v for k, v in valid.items() if _is_num(v)})
         mlflow.log_metrics({f"test_{k}": v for k, v in test.items() if _is_num(v)})
         _log_plots(history, best, inputs, settings.version)
         info = registry.log_checkpoint_model(best, data_dir=inputs["data_dir"])
         version = registry.register_model(
-            info.model_uri, name=model_name, alias="challenger",
+            info.model_uri,
+            name=model_name,
+            alias="challenger",
             tags={"model_config": model_cfg.name, "run_name": settings.run_name},
         )
     outcome = TrainOutcome(run_id, version, model_name, best, valid, test, history)
@@ -124,7 +133,9 @@ def train_and_register(
     return outcome
 
 
-def _promote_after_index(model_name: str, version: str, inputs: dict, settings: TrainSettings) -> bool:
+def _promote_after_index(
+    model_name: str, version: str, inputs: dict, settings: TrainSettings
+) -> bool:
     """Build and log the version's index, then move `champion` if the version is better."""
     from outfitter.platform import registry
     from outfitter.platform.index import build_index_for_model
@@ -162,19 +173,40 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
     return out
 
 
-def _history(result) -> list[dict]:
-    df = result.metrics_dataframe
-    return [] if df is None else json.loads(df.to_json(orient="records"))
+def _history(run_id: str) -> list[dict]:
+    """Every epoch report of the run, in order, as rank 0 logged it to MLflow.
+
+    (Ray's result keeps only the retained checkpoints' metrics.) An epoch repeated after a
+    restart appears twice, which is how a lost epoch shows.
+    """
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    reports: dict[tuple[int, int], dict] = {}
+    for key in client.get_run(run_id).data.metrics:
+        for m in client.get_metric_history(run_id, key):
+            reports.setdefault((m.timestamp, m.step), {})[key] = m.value
+    return [r for _, r in sorted(reports.items()) if "epoch" in r]
 
 
 def _final_evaluation(checkpoint_dir: Path, inputs: dict, version: str) -> tuple[dict, dict]:
     """Valid and test metrics of the best checkpoint, computed the way `outfitter evaluate` does."""
     from outfitter.platform.evaluation import evaluate_checkpoint
 
-    valid = evaluate_checkpoint(checkpoint_dir, Path(inputs["data_dir"]), "valid", version=version,
-                                features=inputs["features"])
-    test = evaluate_checkpoint(checkpoint_dir, Path(inputs["data_dir"]), "test", version=version,
-                               features=inputs["features"])
+    valid = evaluate_checkpoint(
+        checkpoint_dir,
+        Path(inputs["data_dir"]),
+        "valid",
+        version=version,
+        features=inputs["features"],
+    )
+    test = evaluate_checkpoint(
+        checkpoint_dir,
+        Path(inputs["data_dir"]),
+        "test",
+        version=version,
+        features=inputs["features"],
+    )
     return valid, test
 
 
@@ -184,7 +216,13 @@ def _log_plots(history: list, checkpoint_dir: Path, inputs: dict, version: str) 
     from outfitter.platform import plots
 
     with tempfile.TemporaryDirectory() as tmp:
-        paths = plots.training_plots(history, checkpoint_dir, Path(inputs["data_dir"]), version,
-                                     Path(tmp), features=inputs["features"])
+        paths = plots.training_plots(
+            history,
+            checkpoint_dir,
+            Path(inputs["data_dir"]),
+            version,
+            Path(tmp),
+            features=inputs["features"],
+        )
         for path in paths:
             mlflow.log_artifact(str(path), artifact_path="plots")

@@ -1,4 +1,4 @@
-"""Run settings of a training run: a frozen, validated dataclass (the model's own config is separate).
+"""Settings of a training run: a frozen, validated dataclass (the model config is separate).
 
 The CLI and Tune override single fields with `TrainSettings.with_overrides`; the resolved settings
 are logged to MLflow and saved in every checkpoint beside the model config.
@@ -47,14 +47,19 @@ class TrainSettings:
     def __post_init__(self) -> None:
         checks = [
             (self.epochs is None or self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
-            (self.batch_size is None or self.batch_size >= 2,
-             f"batch_size must be >= 2 (in-batch negatives), got {self.batch_size}"),
+            (
+                self.batch_size is None or self.batch_size >= 2,
+                f"batch_size must be >= 2 (in-batch negatives), got {self.batch_size}",
+            ),
             (self.lr is None or self.lr > 0, f"lr must be > 0, got {self.lr}"),
             (0 <= self.warmup_frac < 1, f"warmup_frac must be in [0, 1), got {self.warmup_frac}"),
             (self.version in VERSIONS, f"version must be one of {VERSIONS}, got {self.version!r}"),
             (self.workers >= 1, f"workers must be >= 1, got {self.workers}"),
             (self.monitor in MONITORS, f"monitor must be one of {MONITORS}, got {self.monitor!r}"),
-            (self.monitor_mode in ("max", "min"), f"monitor_mode must be max or min, got {self.monitor_mode!r}"),
+            (
+                self.monitor_mode in ("max", "min"),
+                f"monitor_mode must be max or min, got {self.monitor_mode!r}",
+            ),
             (self.patience >= 0, f"patience must be >= 0, got {self.patience}"),
             (self.max_failures >= 0, f"max_failures must be >= 0, got {self.max_failures}"),
         ]

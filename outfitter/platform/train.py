@@ -1,4 +1,4 @@
-"""Distributed training on Ray Train (V2): one `train_loop_per_worker` for `outfitter train` and Tune.
+"""Distributed training on Ray Train (V2): one `train_loop_per_worker` for training and Tune.
 
 `build_trainer` is the only place that assembles the Ray scaffolding (ScalingConfig, RunConfig,
 CheckpointConfig, FailureConfig), so a Tune trial and a plain training run differ only in the
@@ -41,7 +41,12 @@ def train_loop_per_worker(config: dict) -> None:
     for epoch in range(start_epoch, runner.settings.epochs):
         t0 = time.perf_counter()
         train_metrics = runner.train_epoch(epoch)
-        metrics = {"epoch": epoch + 1, **train_metrics, "epoch_seconds": time.perf_counter() - t0}
+        metrics = {
+            "epoch": epoch + 1,
+            **train_metrics,
+            "epoch_seconds": time.perf_counter() - t0,
+            "resumed_from_epoch": start_epoch,
+        }
         if rank == 0:
             metrics.update(runner.validate())
         stop = runner.update_early_stopping(metrics)
@@ -70,7 +75,9 @@ def _report(runner, epoch: int, metrics: dict, rank: int) -> None:
 # ---------------------------------------------------------------- driver side
 
 
-def build_trainer(loop_config: dict, settings: TrainSettings, *, callbacks=None, name: str | None = None):
+def build_trainer(
+    loop_config: dict, settings: TrainSettings, *, callbacks=None, name: str | None = None
+):
     """The TorchTrainer for a run: the one place the Ray scaffolding is built."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -106,7 +113,9 @@ def _storage_path(path: str) -> str:
     resolved = Path(path).expanduser().resolve()
     resolved.mkdir(parents=True, exist_ok=True)
     if not os.access(resolved, os.W_OK):
-        raise PermissionError(f"training storage path {resolved} is not writable; pass --storage-path")
+        raise PermissionError(
+            f"training storage path {resolved} is not writable; pass --storage-path"
+        )
     return str(resolved)
 
 

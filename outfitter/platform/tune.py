@@ -49,7 +49,9 @@ def _trial(params: dict, *, search: dict, base: dict, parent_run_id: str, experi
     model_cfg = load_config(base["model_config_name"], overrides=model_over or None)
     mlflow.set_tracking_uri(base["tracking_uri"])
     client = MlflowClient()
-    run_id = _child_run(client, experiment_id, parent_run_id, trial_name, params, settings, model_cfg)
+    run_id = _child_run(
+        client, experiment_id, parent_run_id, trial_name, params, settings, model_cfg
+    )
     loop_config = {
         **base["loop"],
         "model_config": model_cfg.to_dict(),
@@ -63,11 +65,15 @@ def _trial(params: dict, *, search: dict, base: dict, parent_run_id: str, experi
         client.set_terminated(run_id)
 
 
-def _child_run(client, experiment_id, parent_run_id, trial_name, params, settings, model_cfg) -> str:
+def _child_run(
+    client, experiment_id, parent_run_id, trial_name, params, settings, model_cfg
+) -> str:
     """Reuse the trial's child run on resume (looked up by tag), else create it."""
     found = client.search_runs(
         [experiment_id],
-        filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}' and tags.trial = '{trial_name}'",
+        filter_string=(
+            f"tags.`mlflow.parentRunId` = '{parent_run_id}' and tags.trial = '{trial_name}'"
+        ),
     )
     if found:
         return found[0].info.run_id
@@ -76,7 +82,10 @@ def _child_run(client, experiment_id, parent_run_id, trial_name, params, setting
         run_name=trial_name,
         tags={"mlflow.parentRunId": parent_run_id, "trial": trial_name},
     )
-    for key, value in {**params, **{f"settings.{k}": v for k, v in settings.to_dict().items()}}.items():
+    for key, value in {
+        **params,
+        **{f"settings.{k}": v for k, v in settings.to_dict().items()},
+    }.items():
         client.log_param(run.info.run_id, key, str(value)[:500])
     client.log_param(run.info.run_id, "model_config", model_cfg.name)
     return run.info.run_id
@@ -146,12 +155,14 @@ def results_table(results, metric: str):
         df = result.metrics_dataframe
         epochs = 0 if df is None else len(df)
         best = None if df is None or metric not in df else df[metric].max()
-        rows.append({
-            "trial": Path(result.path).name,
-            **{f"param:{k}": v for k, v in (result.config or {}).items()},
-            "epochs": epochs,
-            f"best_{metric}": best,
-            f"last_{metric}": (result.metrics or {}).get(metric),
-            "error": bool(result.error),
-        })
+        rows.append(
+            {
+                "trial": Path(result.path).name,
+                **{f"param:{k}": v for k, v in (result.config or {}).items()},
+                "epochs": epochs,
+                f"best_{metric}": best,
+                f"last_{metric}": (result.metrics or {}).get(metric),
+                "error": bool(result.error),
+            }
+        )
     return pd.DataFrame(rows)

@@ -30,7 +30,9 @@ class _Strict(BaseModel):
 
 class SchedulerConfig(_Strict):
     type: Literal["asha", "none"] = "asha"
-    grace_period: int = Field(1, ge=1, description="epochs every trial runs before it can be stopped")
+    grace_period: int = Field(
+        1, ge=1, description="epochs every trial runs before it can be stopped"
+    )
     max_t: int = Field(10, ge=1, description="epochs at most per trial")
     reduction_factor: float = Field(2.0, gt=1, description="ASHA keeps 1/reduction_factor per rung")
 
@@ -93,7 +95,9 @@ class SearchConfig(_Strict):
     def _grid_needs_random(self):
         has_grid = any("grid" in spec for spec in self.search_space.values())
         if has_grid and self.searcher.type != "random":
-            raise ValueError("grid parameters need searcher type 'random' (Optuna samples, it does not grid)")
+            raise ValueError(
+                "grid parameters need searcher type 'random' (Optuna samples, it does not grid)"
+            )
         return self
 
 
@@ -102,11 +106,15 @@ def _check_param(key: str, spec: dict) -> None:
     if scope not in ("settings", "model") or not path:
         raise ValueError(f"search_space key {key!r} must start with 'settings.' or 'model.'")
     if scope == "settings" and path not in TrainSettings().to_dict():
-        raise ValueError(f"search_space key {key!r}: {path!r} is not a training setting; "
-                         f"known: {sorted(TrainSettings().to_dict())}")
+        raise ValueError(
+            f"search_space key {key!r}: {path!r} is not a training setting; "
+            f"known: {sorted(TrainSettings().to_dict())}"
+        )
     if len(spec) != 1:
-        raise ValueError(f"search_space[{key!r}] must have exactly one sampler of {SAMPLERS}, got {sorted(spec)}")
-    (kind, args), = spec.items()
+        raise ValueError(
+            f"search_space[{key!r}] must have exactly one sampler of {SAMPLERS}, got {sorted(spec)}"
+        )
+    ((kind, args),) = spec.items()
     if kind not in SAMPLERS:
         raise ValueError(f"search_space[{key!r}]: unknown sampler {kind!r}; use one of {SAMPLERS}")
     if kind in ("choice", "grid"):
@@ -118,7 +126,9 @@ def _check_param(key: str, spec: dict) -> None:
         raise ValueError(f"search_space[{key!r}].{kind} takes {want} numbers, got {args!r}")
     lo, hi = args[0], args[1]
     if not lo < hi:
-        raise ValueError(f"search_space[{key!r}].{kind}: lower bound {lo} must be < upper bound {hi}")
+        raise ValueError(
+            f"search_space[{key!r}].{kind}: lower bound {lo} must be < upper bound {hi}"
+        )
     if kind == "loguniform" and lo <= 0:
         raise ValueError(f"search_space[{key!r}].loguniform: bounds must be > 0, got {lo}")
 
@@ -127,7 +137,9 @@ def load_search_config(path: Path | str) -> SearchConfig:
     """Read and validate a search YAML; errors name the file and the offending field."""
     path = Path(path)
     if not path.exists():
-        raise TuneConfigError(f"search config {path} does not exist; see tune_configs/ for examples")
+        raise TuneConfigError(
+            f"search config {path} does not exist; see tune_configs/ for examples"
+        )
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
@@ -157,7 +169,7 @@ def to_param_space(space: dict[str, dict[str, list]]) -> dict:
     }
     out = {}
     for key, spec in space.items():
-        (kind, args), = spec.items()
+        ((kind, args),) = spec.items()
         out[key] = makers[kind](args)
     return out
 

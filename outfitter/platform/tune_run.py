@@ -13,8 +13,14 @@ from outfitter.platform.tune import SearchOutcome, best_row, build_tuner, result
 from outfitter.platform.tune_config import SearchConfig
 
 
-def run_search(search: SearchConfig, data_dir: Path, *, workdir: Path, storage_path: str,
-               model_name: str = "outfitter") -> SearchOutcome:
+def run_search(
+    search: SearchConfig,
+    data_dir: Path,
+    *,
+    workdir: Path,
+    storage_path: str,
+    model_name: str = "outfitter",
+) -> SearchOutcome:
     """Run or resume `search` on `data_dir`; log, tabulate, plot and register its best trial."""
     import mlflow
     import ray
@@ -30,20 +36,26 @@ def run_search(search: SearchConfig, data_dir: Path, *, workdir: Path, storage_p
     tracking_uri = registry.configure_tracking(workdir)
     experiment_id = registry.ensure_experiment(EXPERIMENT)
     base_cfg = load_config(search.model_config_name)
-    base_settings = TrainSettings.from_dict(search.settings).with_overrides(
-        workers=search.resources_per_trial.workers,
-        use_gpu=search.resources_per_trial.use_gpu,
-        cpus_per_worker=search.resources_per_trial.cpus_per_worker,
-        monitor=search.metric,
-        monitor_mode=search.mode,
-    ).resolve(base_cfg)
+    base_settings = (
+        TrainSettings.from_dict(search.settings)
+        .with_overrides(
+            workers=search.resources_per_trial.workers,
+            use_gpu=search.resources_per_trial.use_gpu,
+            cpus_per_worker=search.resources_per_trial.cpus_per_worker,
+            monitor=search.metric,
+            monitor_mode=search.mode,
+        )
+        .resolve(base_cfg)
+    )
     if search.scheduler.type == "asha" and base_settings.epochs < search.scheduler.max_t:
         base_settings = base_settings.with_overrides(epochs=search.scheduler.max_t)
     inputs = prepare_inputs(base_cfg, data_dir)
     if not ray.is_initialized():
         ray.init(include_dashboard=False, log_to_driver=False)
     storage_path = _storage_path(storage_path)
-    base_settings = base_settings.with_overrides(storage_path=str(Path(storage_path) / f"{search.name}-trials"))
+    base_settings = base_settings.with_overrides(
+        storage_path=str(Path(storage_path) / f"{search.name}-trials")
+    )
     features_ref = None if inputs["features"] is None else ray.put(inputs["features"])
     with _find_or_start_run(f"tune-{search.name}", experiment_id) as parent:
         mlflow.log_dict(search.model_dump(by_alias=True), "config/search.json")
@@ -54,8 +66,11 @@ def run_search(search: SearchConfig, data_dir: Path, *, workdir: Path, storage_p
             "loop": {"data_dir": inputs["data_dir"], "features_ref": features_ref},
         }
         trainable = tune.with_parameters(
-            _trial, search=search.model_dump(), base=base,
-            parent_run_id=parent.info.run_id, experiment_id=experiment_id,
+            _trial,
+            search=search.model_dump(),
+            base=base,
+            parent_run_id=parent.info.run_id,
+            experiment_id=experiment_id,
         )
         trainable = tune.with_resources(trainable, {"CPU": 1})
         tuner, restored = build_tuner(search, trainable=trainable, storage_path=storage_path)
@@ -63,8 +78,9 @@ def run_search(search: SearchConfig, data_dir: Path, *, workdir: Path, storage_p
         params, metric, checkpoint = best_row(results, search.metric, search.mode)
         table = results_table(results, search.metric)
         stopped = _stopped_early(table, base_settings.epochs)
-        mlflow.log_metrics({f"best_{search.metric}": metric, "trials": len(table),
-                            "stopped_early": stopped})
+        mlflow.log_metrics(
+            {f"best_{search.metric}": metric, "trials": len(table), "stopped_early": stopped}
+        )
         mlflow.log_params({f"best.{k}": v for k, v in params.items()})
         table_path = Path(workdir) / f"tune-{search.name}-results.csv"
         table.to_csv(table_path, index=False)
@@ -73,17 +89,26 @@ def run_search(search: SearchConfig, data_dir: Path, *, workdir: Path, storage_p
         version = None
         if search.register_best:
             version = _register_best(Path(checkpoint), inputs, model_name, search, metric)
-    return SearchOutcome(params, metric, Path(checkpoint), len(table), stopped, table_path, version,
-                         parent.info.run_id)
+    return SearchOutcome(
+        params,
+        metric,
+        Path(checkpoint),
+        len(table),
+        stopped,
+        table_path,
+        version,
+        parent.info.run_id,
+    )
 
 
 def _stopped_early(table, max_epochs: int) -> int:
-    """Trials that ran fewer epochs than the budget without an error (the scheduler stopped them)."""
+    """Trials that ran fewer epochs than the budget without error (the scheduler stopped them)."""
     return int(((table["epochs"] < max_epochs) & ~table["error"]).sum())
 
 
-def _register_best(checkpoint: Path, inputs: dict, model_name: str, search: SearchConfig,
-                   metric: float) -> str:
+def _register_best(
+    checkpoint: Path, inputs: dict, model_name: str, search: SearchConfig, metric: float
+) -> str:
     """Log the best checkpoint as a model in a child run and register it as `challenger`."""
     import mlflow
 
@@ -93,8 +118,9 @@ def _register_best(checkpoint: Path, inputs: dict, model_name: str, search: Sear
         mlflow.log_metric(f"best_{search.metric}", metric)
         mlflow.log_metric(search.metric, metric)
         info = registry.log_checkpoint_model(checkpoint, data_dir=inputs["data_dir"])
-        return registry.register_model(info.model_uri, name=model_name, alias="challenger",
-                                       tags={"tune_search": search.name})
+        return registry.register_model(
+            info.model_uri, name=model_name, alias="challenger", tags={"tune_search": search.name}
+        )
 
 
 def _log_plot(results, metric: str) -> None:
@@ -109,7 +135,9 @@ def _log_plot(results, metric: str) -> None:
     for result in results:
         df = result.metrics_dataframe
         if df is not None and metric in df:
-            ax.plot(df["training_iteration"], df[metric], marker="o", label=Path(result.path).name[-12:])
+            ax.plot(
+                df["training_iteration"], df[metric], marker="o", label=Path(result.path).name[-12:]
+            )
     ax.set_xlabel("epoch")
     ax.set_ylabel(metric)
     ax.set_title("Tune trials")

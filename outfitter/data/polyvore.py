@@ -1,0 +1,319 @@
+"""Polyvore Outfits (Vasileva et al. 2018), read as published.
+
+Layout of a dataset folder::
+
+    polyvore_item_metadata.json      {item_id: {url_name, description, catgeories (sic), title,
+                                                related, category_id, semantic_category}}
+    polyvore_outfit_titles.json      {set_id: {url_name, title}}            (optional)
+    categories.csv                   id,name,semantic (no header)           (optional)
+    images/<item_id>.jpg
+    nondisjoint/ disjoint/           {train,valid,test}.json, compatibility_{split}.txt,
+                                     fill_in_blank_{split}.json (valid/test only in the release)
+
+The parsers below take a `report` callback `(kind, where, message)`: the loader passes one that
+raises `DatasetError` at the first problem, `validate.py` one that collects every problem. So the
+loader and the validator can never disagree on what a well-formed file is. Plain `json` + dicts
+and one pass per file keep the real sizes (251k items, 53k outfits) to a few seconds.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from outfitter.data.errors import DatasetError
+from outfitter.data.types import (
+    CATEGORIES,
+    CATEGORY_INDEX,
+    Catalog,
+    CompatibilityQuestion,
+    FITBQuestion,
+    Item,
+    Outfit,
+    Split,
+)
+
+METADATA_FILE = "polyvore_item_metadata.json"
+OUTFIT_TITLES_FILE = "polyvore_outfit_titles.json"
+CATEGORIES_FILE = "categories.csv"
+IMAGE_DIR = "images"
+VERSIONS = ("nondisjoint", "disjoint")
+SPLITS = ("train", "valid", "test")
+
+# report(kind, where, message): see the module docstring; kinds are listed in validate.PROBLEMS.
+Report = Callable[[str, str, str], None]
+
+
+def raise_first(kind: str, where: str, message: str) -> None:
+    """The loader's `report`: the first problem aborts with an actionable error."""
+    raise DatasetError(
+        f"{where}: {message} [{kind}]; run `outfitter data validate` for a full report"
+    )
+
+
+def read_json(path: Path) -> Any:
+    """Parse a JSON file; a missing, truncated or non-UTF-8 file becomes a `DatasetError`."""
+    if not path.is_file():
+        raise DatasetError(f"{path}: file not found")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise DatasetError(
+            f"{path}:{e.lineno}:{e.colno}: invalid JSON ({e.msg}); the file is truncated or "
+            "corrupt: download or generate it again"
+        ) from None
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def read_fine_categories(root: Path) -> dict[str, tuple[str, str]]:
+    """`categories.csv` as {category_id: (name, semantic)}; empty when the file is absent."""
+    path = Path(root) / CATEGORIES_FILE
+    if not path.is_file():
+        return {}
+    fine: dict[str, tuple[str, str]] = {}
+    with open(path, encoding="utf-8", newline="") as f:
+        for lineno, row in enumerate(csv.reader(f), start=1):
+            if not row or (lineno == 1 and row[0].strip().lower() == "id"):
+                continue  # blank line or an optional header
+            if len(row) < 2:
+                raise DatasetError(f"{path}:{lineno}: expected `id,name,semantic`, got {row!r}")
+            fine[row[0].strip()] = (row[1].strip(), row[2].strip() if len(row) > 2 else "")
+    return fine
+
+
+def readable_url_name(url_name: str) -> str:
+    """`"mango-faux-leather-jacket"` -> `"mango faux leather jacket"` (Polyvore's empty titles)."""
+    return " ".join(url_name.replace("-", " ").replace("_", " ").split())
+
+
+def parse_items(
+    raw: Any, where: str, fine: dict[str, tuple[str, str]], report: Report
+) -> dict[str, Item]:
+    """Items of the metadata dict; entries with an unknown semantic category are reported."""
+    if not isinstance(raw, dict):
+        report(
+            "malformed_entry", where, f"expected a JSON object by item id, got {type(raw).__name__}"
+        )
+        return {}
+    items: dict[str, Item] = {}
+    for item_id, entry in raw.items():
+        if not isinstance(entry, dict):
+            report("malformed_entry", f"{where} item {item_id}", "entry is not a JSON object")
+            continue
+        category = entry.get("semantic_category")
+        if category not in CATEGORY_INDEX:
+            report(
+                "unknown_category",
+                f"{where} item {item_id}",
+                f"semantic_category {category!r} is not one of {', '.join(CATEGORIES)}",
+            )
+            continue
+        category_id = str(entry.get("category_id") or "")
+        fine_name = fine.get(category_id, ("", ""))[0]
+        title = (entry.get("title") or "").strip()
+        if not title:  # often empty in the release: the url_name carries the same words
+            title = readable_url_name(entry.get("url_name") or "") or fine_name or category
+        items[item_id] = Item(
+            item_id=item_id,
+            title=title,
+            description=(entry.get("description") or "").strip(),
+            category=category,
+            category_id=category_id,
+            fine_category=fine_name,
+        )
+    return items
+
+
+def load_catalog(root: str | Path) -> Catalog:
+    """All items of a Polyvore-layout folder (metadata, fine categories, image folder)."""
+    root = Path(root)
+    path = root / METADATA_FILE
+    fine = read_fine_categories(root)
+    items = parse_items(read_json(path), str(path), fine, raise_first)
+    if not items:
+        raise DatasetError(f"{path}: the catalog has no items")
+    return Catalog(root=root, items=items, image_dir=root / IMAGE_DIR)
+
+
+def parse_outfits(raw: Any, where: str, report: Report) -> list[Outfit]:
+    """Outfits of `{split}.json`, items sorted by `index` (gaps allowed, duplicates not)."""
+    if not isinstance(raw, list):
+        report(
+            "malformed_entry", where, f"expected a JSON list of outfits, got {type(raw).__name__}"
+        )
+        return []
+    outfits: list[Outfit] = []
+    seen: set[str] = set()
+    for k, entry in enumerate(raw):
+        at = f"{where} outfit #{k}"
+        if not isinstance(entry, dict) or "set_id" not in entry or "items" not in entry:
+            report("malformed_entry", at, 'expected {"set_id": ..., "items": [...]}')
+            continue
+        set_id = str(entry["set_id"])
+        at = f"{at} (set_id {set_id})"
+        if set_id in seen:
+            report("duplicate_id", at, f"set_id {set_id} appears more than once")
+            continue
+        seen.add(set_id)
+        pairs = []
+        for it in entry["items"] if isinstance(entry["items"], list) else [None]:
+            if (
+                not isinstance(it, dict)
+                or "item_id" not in it
+                or not isinstance(it.get("index"), int)
+            ):
+                report(
+                    "malformed_entry", at, f"item entry {it!r} needs item_id and an integer index"
+                )
+                break
+            pairs.append((it["index"], str(it["item_id"])))
+        else:
+            if not pairs:
+                report("empty_outfit", at, "outfit has no items")
+                continue
+            pairs.sort()
+            indices = tuple(i for i, _ in pairs)
+            if len(set(indices)) != len(indices):
+                report("duplicate_id", at, f"repeated item index in {list(indices)}")
+                continue
+            outfits.append(Outfit(set_id, tuple(i for _, i in pairs), indices))
+    return outfits
+
+
+def outfit_refs(outfits: list[Outfit]) -> dict[str, str]:
+    """`"<set_id>_<index>"` -> item id, the references of the task files."""
+    return {
+        f"{o.set_id}_{index}": item_id
+        for o in outfits
+        for index, item_id in zip(o.indices, o.item_ids, strict=True)
+    }
+
+
+def parse_compatibility(
+    path: Path, refs: dict[str, str], report: Report
+) -> list[CompatibilityQuestion]:
+    """Lines `<0|1> <set_id>_<index> ...`; blank lines are skipped."""
+    questions: list[CompatibilityQuestion] = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except UnicodeDecodeError as e:
+        report("unreadable_file", str(path), f"not UTF-8 text ({e.reason} at byte {e.start})")
+        return []
+    for lineno, line in enumerate(lines, start=1):
+        tokens = line.split()
+        if not tokens:
+            continue
+        at = f"{path}:{lineno}"
+        if tokens[0] not in ("0", "1") or len(tokens) < 2:
+            report(
+                "malformed_line", at, f"expected `<0|1> <set_id>_<index> ...`, got {line[:80]!r}"
+            )
+            continue
+        try:
+            item_ids = tuple(refs[t] for t in tokens[1:])
+        except KeyError as e:
+            report(
+                "unknown_reference", at, f"{e.args[0]} is not an item of an outfit of this split"
+            )
+            continue
+        questions.append(CompatibilityQuestion(int(tokens[0]), item_ids))
+    return questions
+
+
+def parse_fitb(raw: Any, where: str, refs: dict[str, str], report: Report) -> list[FITBQuestion]:
+    """FITB questions; the right answer is the one from the question's own outfit (any position)."""
+    if not isinstance(raw, list):
+        report(
+            "malformed_entry", where, f"expected a JSON list of questions, got {type(raw).__name__}"
+        )
+        return []
+    questions: list[FITBQuestion] = []
+    for k, q in enumerate(raw):
+        at = f"{where} question #{k}"
+        if (
+            not isinstance(q, dict)
+            or not isinstance(q.get("question"), list)
+            or not isinstance(q.get("answers"), list)
+            or not q["question"]
+            or len(q["answers"]) < 2
+        ):
+            report("malformed_entry", at, "expected non-empty `question` and >= 2 `answers` lists")
+            continue
+        try:
+            question = tuple(refs[r] for r in q["question"])
+            answers = tuple(refs[r] for r in q["answers"])
+        except (KeyError, TypeError) as e:
+            report(
+                "unknown_reference", at, f"{e.args[0]} is not an item of an outfit of this split"
+            )
+            continue
+        set_id = str(q["question"][0]).rsplit("_", 1)[0]
+        right = [i for i, r in enumerate(q["answers"]) if str(r).rsplit("_", 1)[0] == set_id]
+        if len(right) != 1:
+            report(
+                "fitb_answer",
+                at,
+                f"{len(right)} answers are from the question's outfit {set_id}; expected exactly 1",
+            )
+            continue
+        questions.append(FITBQuestion(question, answers, right[0], int(q.get("blank_position", 0))))
+    return questions
+
+
+def check_version(version: str, split: str) -> None:
+    if version not in VERSIONS:
+        raise ValueError(f"version must be one of {VERSIONS}, got {version!r}")
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+
+
+def load_split(root: str | Path, version: str, split: str, catalog: Catalog | None = None) -> Split:
+    """One split of one version, task references resolved to item ids.
+
+    Task lists are empty where the release has no task file (Polyvore has none for `train`).
+    With a `catalog`, every outfit item must be one of its items.
+    """
+    check_version(version, split)
+    folder = Path(root) / version
+    path = folder / f"{split}.json"
+    outfits = parse_outfits(read_json(path), str(path), raise_first)
+    if catalog is not None:
+        unknown = [(o.set_id, i) for o in outfits for i in o.item_ids if i not in catalog.items]
+        if unknown:
+            examples = ", ".join(f"{i} (set {s})" for s, i in unknown[:5])
+            raise DatasetError(
+                f"{path}: {len(unknown)} outfit items are not in {METADATA_FILE}, e.g. {examples}"
+            )
+    refs = outfit_refs(outfits)
+    compat_path = folder / f"compatibility_{split}.txt"
+    compatibility = (
+        parse_compatibility(compat_path, refs, raise_first) if compat_path.is_file() else []
+    )
+    fitb_path = folder / f"fill_in_blank_{split}.json"
+    fitb = (
+        parse_fitb(read_json(fitb_path), str(fitb_path), refs, raise_first)
+        if fitb_path.is_file()
+        else []
+    )
+    return Split(version, split, outfits, compatibility, fitb)
+
+
+def load_outfit_titles(root: str | Path) -> dict[str, str]:
+    """{set_id: title} from `polyvore_outfit_titles.json` (url_name when the title is empty)."""
+    path = Path(root) / OUTFIT_TITLES_FILE
+    if not path.is_file():
+        return {}
+    raw = read_json(path)
+    if not isinstance(raw, dict):
+        raise DatasetError(f"{path}: expected a JSON object by set_id")
+    return {
+        str(k): (v.get("title") or readable_url_name(v.get("url_name") or "")).strip()
+        for k, v in raw.items()
+        if isinstance(v, dict)
+    }
