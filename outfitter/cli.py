@@ -461,5 +461,29 @@ def serve(
         ray_serve.shutdown()
 
 
+@app.command("demo")
+def demo(
+    workdir: Path = typer.Option(
+        Path("outfitter-work"), "--workdir", help="Where everything lands."
+    ),
+    quick: bool = typer.Option(False, "--quick", help="A shortened run (tests)."),
+    keep_serving: bool = typer.Option(False, "--keep-serving", help="Leave the endpoints up."),
+    port: int = typer.Option(8000, "--port", help="HTTP port of Ray Serve (127.0.0.1)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the synthetic catalog and training."),
+) -> None:
+    """The whole pipeline on the embedded synthetic catalog, with a summary at the end."""
+    import json
+
+    from outfitter.platform.demo import run_demo
+
+    try:
+        summary = run_demo(workdir, quick=quick, keep_serving=keep_serving, port=port, seed=seed)
+    except _user_errors() as err:
+        _fail(str(err))
+    (Path(summary["workdir"]) / "demo_summary.json").write_text(
+        json.dumps({k: v for k, v in summary.items() if k != "responses"}, indent=2, default=str)
+    )
+
+
 if __name__ == "__main__":
     app()

@@ -11,7 +11,7 @@ early-stopping state and epoch counter all live in the checkpoint.
 from __future__ import annotations
 
 import math
-import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -30,6 +30,7 @@ def train_loop_per_worker(config: dict) -> None:
     `settings` (TrainSettings as dict), `data_dir`, `features_ref` (Ray object ref of the cached
     tower features, or None in end-to-end mode), `mlflow` ({tracking_uri, run_id} or None).
     """
+    import ray
     import ray.train
 
     from outfitter.platform.loop import EpochRunner
@@ -37,6 +38,10 @@ def train_loop_per_worker(config: dict) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     runner = EpochRunner.from_config(config, rank=rank, world=world)
+    # Reported so a Tune search can free this worker group's placement group when the scheduler
+    # stops the trial (see tune._reaper).
+    pg = ray.util.get_current_placement_group()
+    placement_group = pg.id.hex() if pg is not None else ""
     start_epoch = runner.restore(ray.train.get_checkpoint())
     for epoch in range(start_epoch, runner.settings.epochs):
         t0 = time.perf_counter()
@@ -46,6 +51,7 @@ def train_loop_per_worker(config: dict) -> None:
             **train_metrics,
             "epoch_seconds": time.perf_counter() - t0,
             "resumed_from_epoch": start_epoch,
+            "placement_group": placement_group,
         }
         if rank == 0:
             metrics.update(runner.validate())
@@ -106,15 +112,38 @@ def build_trainer(
     )
 
 
+# Room a run needs in local storage before it starts: a few checkpoints of the larger configs
+# (weights, optimizer state, the frozen towers) with headroom; a full disk fails at the start.
+MIN_FREE_BYTES = 512 * 2**20
+
+
+class StorageError(PermissionError):
+    """The training storage path cannot hold checkpoints: not writable, or too little space."""
+
+
 def _storage_path(path: str) -> str:
-    """Local folders become absolute (Ray requires it); URIs (s3://, gs://, ...) pass through."""
+    """Local folders become absolute (Ray requires it); URIs (s3://, gs://, ...) pass through.
+
+    A local folder gets a pre-flight before anything trains: it must be creatable, take a file
+    (a real write, so a read-only mount fails here even for root) and have `MIN_FREE_BYTES` free.
+    """
     if "://" in path:
         return path
     resolved = Path(path).expanduser().resolve()
-    resolved.mkdir(parents=True, exist_ok=True)
-    if not os.access(resolved, os.W_OK):
-        raise PermissionError(
-            f"training storage path {resolved} is not writable; pass --storage-path"
+    hint = "pass a writable --storage-path"
+    try:
+        resolved.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=resolved, prefix=".outfitter-write-check-"):
+            pass
+    except OSError as err:
+        raise StorageError(
+            f"training storage path {resolved} is not writable ({err.strerror or err}); {hint}"
+        ) from None
+    free = shutil.disk_usage(resolved).free
+    if free < MIN_FREE_BYTES:
+        raise StorageError(
+            f"training storage path {resolved} has {free / 2**20:.0f} MiB free; checkpoints "
+            f"need at least {MIN_FREE_BYTES / 2**20:.0f} MiB: free some space or {hint}"
         )
     return str(resolved)
 

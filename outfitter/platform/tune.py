@@ -91,6 +91,39 @@ def _child_run(
     return run.info.run_id
 
 
+def _reaper():
+    """A Tune callback that removes the placement group of a stopped trial's Train workers.
+
+    When the scheduler (ASHA) stops a trial, Tune kills the trial actor and with it the Train
+    controller, before it can release its worker group's placement group; Ray's own cleaner
+    needs the dashboard's state API to notice. A leaked group holds its CPUs for good, and on a
+    small machine the next trial then waits forever. Each worker reports its group's id.
+    """
+    from ray import tune
+
+    class PlacementGroupReaper(tune.Callback):
+        def _reap(self, trial) -> None:
+            import ray
+            from ray.util.placement_group import PlacementGroup
+
+            pg_id = (trial.last_result or {}).get("placement_group")
+            if not pg_id:
+                return
+            state = ray.util.placement_group_table().get(pg_id, {}).get("state")
+            if state in ("CREATED", "PENDING", "RESCHEDULING"):
+                ray.util.remove_placement_group(
+                    PlacementGroup(ray.PlacementGroupID.from_hex(pg_id))
+                )
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self._reap(trial)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self._reap(trial)
+
+    return PlacementGroupReaper()
+
+
 def build_tuner(search: SearchConfig, *, trainable, storage_path: str):
     """A new Tuner for `search`, or the restored one when this search already started."""
     from ray import tune
@@ -107,11 +140,17 @@ def build_tuner(search: SearchConfig, *, trainable, storage_path: str):
             max_t=search.scheduler.max_t,
             reduction_factor=search.scheduler.reduction_factor,
         )
-    search_alg = None
     if search.searcher.type == "optuna":
         from ray.tune.search.optuna import OptunaSearch
 
         search_alg = OptunaSearch(seed=search.searcher.seed)
+    else:
+        from ray.tune.search.basic_variant import BasicVariantGenerator
+
+        # A custom generator must get the concurrency cap itself (Tune only wraps searchers).
+        search_alg = BasicVariantGenerator(
+            random_state=search.searcher.seed, max_concurrent=search.max_concurrent_trials
+        )
     tuner = tune.Tuner(
         trainable,
         param_space=to_param_space(search.search_space),
@@ -124,7 +163,9 @@ def build_tuner(search: SearchConfig, *, trainable, storage_path: str):
             max_concurrent_trials=search.max_concurrent_trials,
             time_budget_s=search.time_budget_s,
         ),
-        run_config=tune.RunConfig(name=search.name, storage_path=storage_path),
+        run_config=tune.RunConfig(
+            name=search.name, storage_path=storage_path, callbacks=[_reaper()]
+        ),
     )
     return tuner, False
 

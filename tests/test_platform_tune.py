@@ -1,0 +1,144 @@
+"""Ray Tune: search configs are validated before anything starts; `tune_configs/smoke.yaml` runs,
+ASHA stops trials early, the best trial is registered with its metric; a killed search resumes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from outfitter.platform.tune_config import TuneConfigError, load_search_config
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "tune_configs" / "smoke.yaml"
+
+
+def _write(tmp_path: Path, **changes) -> Path:
+    doc = yaml.safe_load(SMOKE.read_text())
+    doc.update(changes)
+    path = tmp_path / "search.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "tune_configs").glob("*.yaml")))
+def test_shipped_configs_validate(name):
+    search = load_search_config(ROOT / "tune_configs" / name)
+    assert search.num_samples >= 1 and search.search_space
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"search_space": {"settings.lr": {"loguniform": [0.0, 1e-3]}}}, "bounds must be > 0"),
+        ({"search_space": {"settings.lr": {"uniform": [1e-3, 1e-4]}}}, "lower bound"),
+        ({"search_space": {"settings.nope": {"choice": [1, 2]}}}, "not a training setting"),
+        ({"search_space": {"lr": {"choice": [1, 2]}}}, "must start with 'settings.' or 'model.'"),
+        ({"search_space": {"settings.lr": {"normal": [0, 1]}}}, "unknown sampler"),
+        ({"metric": "accuracy"}, "metric must be one of"),
+        ({"scheduler": {"type": "asha", "grace_period": 5, "max_t": 2}}, "grace_period"),
+        ({"unknown_key": 1}, "unknown_key"),
+        (
+            {"search_space": {"settings.lr": {"grid": [1e-3]}}, "searcher": {"type": "optuna"}},
+            "grid parameters need searcher type 'random'",
+        ),
+        ({"settings": {"epochs": 0}}, "epochs must be >= 1"),
+    ],
+)
+def test_bad_search_configs_are_refused_with_the_rule(tmp_path, changes, message):
+    with pytest.raises(TuneConfigError, match=message):
+        load_search_config(_write(tmp_path, **changes))
+
+
+def test_missing_config_file_names_it(tmp_path):
+    with pytest.raises(TuneConfigError, match="does not exist"):
+        load_search_config(tmp_path / "nope.yaml")
+
+
+@pytest.mark.slow
+def test_smoke_search_registers_the_best_trial(ray_session, synth_dir, tmp_path, monkeypatch):
+    from outfitter.platform import registry
+    from outfitter.platform.tune_run import run_search
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("OUTFITTER_CACHE_DIR", str(tmp_path / "cache"))
+    search = load_search_config(SMOKE)
+    outcome = run_search(
+        search, synth_dir, workdir=tmp_path, storage_path=str(tmp_path / "ray_results")
+    )
+    assert outcome.trials == search.num_samples >= 2
+    assert outcome.stopped_early >= 1, "ASHA stopped no trial"
+    version = registry.version_by_alias("outfitter", "challenger")
+    assert str(version.version) == outcome.model_version
+    logged = registry.version_metrics(version)[search.metric]
+    assert logged == pytest.approx(outcome.best_metric)
+    table = outcome.table_path.read_text()
+    assert f"best_{search.metric}" in table
+    # the registered checkpoint is the best trial's: its own metrics say so
+    resolved = registry.resolve_model(f"models:/outfitter/{outcome.model_version}")
+    meta = (resolved.checkpoint_dir / "meta.json").read_text()
+    assert f"{outcome.best_metric}"[:8] in meta
+
+
+def _trial_dirs(storage: Path, name: str) -> list[Path]:
+    return [p for p in (storage / name).glob("_trial_*") if p.is_dir()]
+
+
+def _finished_trials(storage: Path, name: str, epochs: int) -> int:
+    done = 0
+    for trial in _trial_dirs(storage, name):
+        result = trial / "result.json"
+        if result.exists() and len(result.read_text().splitlines()) >= epochs:
+            done += 1
+    return done
+
+
+@pytest.mark.slow
+def test_killed_search_resumes_with_the_same_command(synth_dir, tmp_path):
+    """SIGKILL the `outfitter tune` driver after its first trial, re-run: the search completes
+    without running the finished trial again."""
+    config = _write(
+        tmp_path,
+        name="resume",
+        num_samples=3,
+        settings={"epochs": 1, "batch_size": 16, "max_steps_per_epoch": 3, "patience": 0},
+        scheduler={"type": "none"},
+    )
+    storage = tmp_path / "ray_results"
+    cmd = [
+        sys.executable,
+        "-m",
+        "outfitter.cli",
+        "tune",
+        "--config",
+        str(config),
+        "--data",
+        str(synth_dir),
+        "--workdir",
+        str(tmp_path),
+        "--storage-path",
+        str(storage),
+    ]
+    env = {**os.environ, "OUTFITTER_CACHE_DIR": str(tmp_path / "cache")}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    first = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    deadline = time.time() + 300
+    while time.time() < deadline and _finished_trials(storage, "resume", 1) < 1:
+        assert first.poll() is None, "the search ended before it could be interrupted"
+        time.sleep(0.5)
+    os.killpg(first.pid, signal.SIGKILL)  # the driver and its Ray processes
+    first.wait(timeout=60)
+    finished_before = _finished_trials(storage, "resume", 1)
+    assert 1 <= finished_before < 3
+    second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "3 trials" in second.stdout
+    assert len(_trial_dirs(storage, "resume")) == 3, "a trial was started twice"
