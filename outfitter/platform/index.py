@@ -1,0 +1,401 @@
+"""The faiss catalog index: item vectors of one model version, searchable by category.
+
+Items are split into one faiss index per category (a "shard"). A category filter then searches
+exactly the right items whatever the index kind: a filtered search on a single IVF or HNSW index
+only post-filters the candidates it happened to visit, and can come back short for a rare
+category. An unfiltered search queries every shard and merges, which is exact for exact shards
+and as good as the shards otherwise. Each shard is an exact `IndexFlatIP` below
+`IndexConfig.exact_below` items and IVF or HNSW above; vectors are L2-normalised, so inner
+product = cosine similarity.
+
+On disk (one folder, logged as an artifact of the model version so the two never disagree):
+`ids.json` (row order), `categories.npy` (N,) category index per row, `vectors.npy` (N, D) the
+item vectors themselves (the serving layer scores catalog items from them), `meta.json` (model
+version, config, shard kinds) and `index-<category>.faiss` per non-empty category.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Collection, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import faiss
+import numpy as np
+
+from outfitter.data.types import CATEGORIES
+
+log = logging.getLogger(__name__)
+
+INDEX_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """How the per-category shards are built and searched."""
+
+    kind: Literal["auto", "flat", "ivf", "hnsw"] = "auto"  # auto: flat below exact_below
+    exact_below: int = 50_000  # auto: a shard with fewer items is an exact IndexFlatIP
+    approximate: Literal["ivf", "hnsw"] = "hnsw"  # the kind auto picks at or above exact_below
+    nlist: int = (
+        0  # IVF inverted lists; 0 = 4 * sqrt(n), capped so each list trains on >= 39 points
+    )
+    nprobe: int = 16  # IVF lists visited per query
+    hnsw_m: int = 32  # HNSW graph degree
+    ef_construction: int = 200  # HNSW build-time beam width
+    ef_search: int = 128  # HNSW query-time beam width (raised to k when k is larger)
+    use_gpu: bool = True  # move shards to the GPU when faiss was built with GPUs and sees one
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("auto", "flat", "ivf", "hnsw"):
+            raise ValueError(f"index kind {self.kind!r}; use auto, flat, ivf or hnsw")
+        if self.approximate not in ("ivf", "hnsw"):
+            raise ValueError(f"approximate index kind {self.approximate!r}; use ivf or hnsw")
+
+    def kind_for(self, n: int) -> str:
+        """The index kind of a shard of `n` items."""
+        if self.kind != "auto":
+            return self.kind
+        return "flat" if n < self.exact_below else self.approximate
+
+    def nlist_for(self, n: int) -> int:
+        nlist = self.nlist or int(round(4 * math.sqrt(n)))
+        return max(1, min(nlist, n // 39))
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result."""
+
+    item_id: str
+    score: float  # inner product of unit vectors = cosine similarity
+    category: int  # index into CATEGORIES
+
+
+def _build_shard(vectors: np.ndarray, kind: str, cfg: IndexConfig) -> faiss.Index:
+    """One faiss index over `vectors` (n, D); faiss ids are positions in `vectors`."""
+    n, dim = vectors.shape
+    if kind == "flat":
+        index = faiss.IndexFlatIP(dim)
+    elif kind == "ivf":
+        index = faiss.IndexIVFFlat(
+            faiss.IndexFlatIP(dim), dim, cfg.nlist_for(n), faiss.METRIC_INNER_PRODUCT
+        )
+        index.train(vectors)
+        index.nprobe = min(cfg.nprobe, index.nlist)
+    elif kind == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, cfg.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = cfg.ef_construction
+        index.hnsw.efSearch = cfg.ef_search
+    else:  # IndexConfig validates kinds
+        raise AssertionError(kind)
+    index.add(vectors)
+    return index
+
+
+def _gpu_available() -> bool:
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+def _to_gpu(index: faiss.Index, resources: Any) -> faiss.Index:
+    """The shard on GPU 0, or the CPU shard where faiss has no GPU version of it (HNSW)."""
+    try:
+        return faiss.index_cpu_to_gpu(resources, 0, index)
+    except RuntimeError as err:
+        log.info("keeping a %s shard on the CPU: %s", type(index).__name__, err)
+        return index
+
+
+def _to_cpu(index: faiss.Index) -> faiss.Index:
+    if hasattr(faiss, "index_gpu_to_cpu") and "Gpu" in type(index).__name__:
+        return faiss.index_gpu_to_cpu(index)
+    return index
+
+
+def _check_vectors(vectors: np.ndarray, ids: Sequence[str], categories: np.ndarray) -> None:
+    if vectors.ndim != 2 or vectors.shape[0] != len(ids) or len(categories) != len(ids):
+        raise ValueError(
+            f"vectors {vectors.shape}, {len(ids)} ids and {len(categories)} categories must "
+            "agree: one row per item"
+        )
+    if len(set(ids)) != len(ids):
+        raise ValueError("item ids must be unique")
+    bad = categories[(categories < 0) | (categories >= len(CATEGORIES))]
+    if bad.size:
+        raise ValueError(f"category index {int(bad[0])} outside 0..{len(CATEGORIES) - 1}")
+
+
+@dataclass
+class CatalogIndex:
+    """Catalog item vectors with one faiss shard per category."""
+
+    ids: list[str]
+    categories: np.ndarray  # (N,) int64 category index per row
+    vectors: np.ndarray  # (N, D) float32, L2-normalised
+    shards: dict[int, faiss.Index]  # category index -> shard over rows[category]
+    config: IndexConfig = field(default_factory=IndexConfig)
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.row = {item_id: i for i, item_id in enumerate(self.ids)}
+        # Shard position -> global row, per category: rows in row order, as the shards were built.
+        self.rows = {c: np.flatnonzero(self.categories == c) for c in self.shards}
+
+    # ------------------------------------------------------------ build, save, load
+
+    @classmethod
+    def build(
+        cls,
+        vectors: np.ndarray,
+        ids: Sequence[str],
+        categories: Sequence[int] | np.ndarray,
+        config: IndexConfig | None = None,
+        meta: dict | None = None,
+    ) -> CatalogIndex:
+        """Index `vectors` (N, D) of items `ids` whose category indexes are `categories`."""
+        config = config or IndexConfig()
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        categories = np.asarray(categories, dtype=np.int64)
+        _check_vectors(vectors, ids, categories)
+        norms = np.linalg.norm(vectors, axis=1)
+        if vectors.size and not np.allclose(norms, 1.0, atol=1e-3):
+            raise ValueError("item vectors must be L2-normalised (inner product = cosine)")
+        shards = {}
+        for c in np.unique(categories).tolist():
+            part = vectors[categories == c]
+            shards[c] = _build_shard(part, config.kind_for(len(part)), config)
+        index = cls(list(ids), categories, vectors, shards, config, dict(meta or {}))
+        return index.maybe_to_gpu()
+
+    def maybe_to_gpu(self) -> CatalogIndex:
+        """Move the shards to the GPU when the config allows it and faiss sees one."""
+        if self.config.use_gpu and _gpu_available():
+            self._gpu_resources = faiss.StandardGpuResources()
+            self.shards = {c: _to_gpu(s, self._gpu_resources) for c, s in self.shards.items()}
+        return self
+
+    @property
+    def on_gpu(self) -> bool:
+        return any("Gpu" in type(s).__name__ for s in self.shards.values())
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1])
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def shard_kinds(self) -> dict[str, str]:
+        """Category name -> faiss index class of its shard."""
+        return {CATEGORIES[c]: type(s).__name__ for c, s in sorted(self.shards.items())}
+
+    def save(self, folder: Path) -> Path:
+        """Write the index folder (see the module docstring); returns it."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "ids.json").write_text(json.dumps(self.ids))
+        np.save(folder / "categories.npy", self.categories)
+        np.save(folder / "vectors.npy", self.vectors)
+        for c, shard in self.shards.items():
+            faiss.write_index(_to_cpu(shard), str(folder / f"index-{CATEGORIES[c]}.faiss"))
+        meta = {
+            **self.meta,
+            "format": INDEX_FORMAT,
+            "n_items": len(self),
+            "dim": self.dim,
+            "config": asdict(self.config),
+            "shards": self.shard_kinds(),
+        }
+        (folder / "meta.json").write_text(json.dumps(meta, indent=2))
+        return folder
+
+    @classmethod
+    def load(cls, folder: Path, use_gpu: bool | None = None) -> CatalogIndex:
+        """Read an index folder written by `save`; `use_gpu` overrides the saved config's."""
+        folder = Path(folder)
+        if not (folder / "meta.json").is_file():
+            raise FileNotFoundError(f"{folder} is not an index folder (no meta.json)")
+        meta = json.loads((folder / "meta.json").read_text())
+        if meta.get("format") != INDEX_FORMAT:
+            raise ValueError(
+                f"index format {meta.get('format')} in {folder}; expected {INDEX_FORMAT}"
+            )
+        config = IndexConfig(**meta.pop("config"))
+        if use_gpu is not None:
+            config = IndexConfig(**{**asdict(config), "use_gpu": use_gpu})
+        for key in ("format", "n_items", "dim", "shards"):
+            meta.pop(key, None)
+        ids = json.loads((folder / "ids.json").read_text())
+        categories = np.load(folder / "categories.npy")
+        vectors = np.load(folder / "vectors.npy")
+        shards = {
+            c: faiss.read_index(str(folder / f"index-{CATEGORIES[c]}.faiss"))
+            for c in np.unique(categories).tolist()
+        }
+        return cls(ids, categories, vectors, shards, config, meta).maybe_to_gpu()
+
+    # ------------------------------------------------------------ search
+
+    def vectors_of(self, item_ids: Sequence[str]) -> np.ndarray:
+        """(len(item_ids), D) vectors of catalog items; KeyError lists unknown ids."""
+        missing = [i for i in item_ids if i not in self.row]
+        if missing:
+            raise KeyError(f"unknown item ids: {missing}")
+        return self.vectors[[self.row[i] for i in item_ids]]
+
+    def _search_shard(self, c: int, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k of one shard: scores (Q, k') and global rows (Q, k'), -1 where short."""
+        shard = self.shards[c]
+        k = min(k, shard.ntotal)
+        params = None
+        if isinstance(shard, faiss.IndexHNSW):
+            params = faiss.SearchParametersHNSW(efSearch=max(self.config.ef_search, k))
+        scores, local = shard.search(queries, k, params=params)
+        rows = np.where(local >= 0, self.rows[c][np.maximum(local, 0)], -1)
+        return scores, rows
+
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int,
+        category: int | None | Sequence[int | None] | np.ndarray = None,
+        exclude: Collection[str] | Sequence[Collection[str]] = (),
+    ) -> list[list[Hit]]:
+        """The `k` best catalog items for each query vector (Q, D), best first.
+
+        Args:
+            queries: query vectors, L2-normalised.
+            k: results per query (fewer when the category has fewer items).
+            category: a category index for all queries, one per query, or None for no filter.
+            exclude: item ids never returned: one collection for all queries, or one per query.
+        """
+        queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        n_q = len(queries)
+        if queries.shape[1] != self.dim:
+            raise ValueError(f"query vectors have {queries.shape[1]} dims; index has {self.dim}")
+        if k < 1:
+            raise ValueError(f"k={k}; must be >= 1")
+        single = category is None or isinstance(category, (int, np.integer))
+        cats = [category] * n_q if single else [None if c is None else int(c) for c in category]
+        excl = _per_query(exclude, n_q)
+        if len(cats) != n_q:
+            raise ValueError(f"{len(cats)} categories for {n_q} queries")
+        results: list[list[Hit]] = [[] for _ in range(n_q)]
+        for cat in set(cats):
+            group = [q for q in range(n_q) if cats[q] == cat]
+            shard_ids = list(self.shards) if cat is None else [cat] if cat in self.shards else []
+            extra = max((len(excl[q]) for q in group), default=0)  # over-fetch past exclusions
+            per_shard = [self._search_shard(c, queries[group], k + extra) for c in shard_ids]
+            for pos, q in enumerate(group):
+                results[q] = self._merge(per_shard, pos, k, excl[q])
+        return results
+
+    def _merge(self, per_shard: list, pos: int, k: int, exclude: set[str]) -> list[Hit]:
+        """Best `k` hits of query `pos` across shard results, skipping excluded ids."""
+        if not per_shard:
+            return []
+        scores = np.concatenate([s[pos] for s, _ in per_shard])
+        rows = np.concatenate([r[pos] for _, r in per_shard])
+        hits = []
+        for j in np.argsort(-scores, kind="stable"):
+            row = int(rows[j])
+            if row < 0 or self.ids[row] in exclude:
+                continue
+            hits.append(Hit(self.ids[row], float(scores[j]), int(self.categories[row])))
+            if len(hits) == k:
+                break
+        return hits
+
+
+def _per_query(exclude: Collection[str] | Sequence[Collection[str]], n_q: int) -> list[set[str]]:
+    """Normalise `exclude` to one set per query."""
+    items = list(exclude)
+    if items and not isinstance(items[0], str):
+        if len(items) != n_q:
+            raise ValueError(f"{len(items)} exclude lists for {n_q} queries")
+        return [set(e) for e in items]
+    return [set(items)] * n_q
+
+
+# ---------------------------------------------------------------- building from a model version
+
+
+def catalog_vectors(
+    model, builder, ids: Sequence[str], *, batch_size: int = 256, device=None
+) -> np.ndarray:
+    """Item vectors (N, D) of catalog items `ids`, encoded in batches with a progress bar."""
+    import torch
+    from rich.progress import Progress
+
+    device = device or next(model.parameters()).device
+    out = []
+    with torch.no_grad(), Progress(transient=True) as progress:
+        task = progress.add_task("encoding catalog items", total=len(ids))
+        for start in range(0, len(ids), batch_size):
+            chunk = list(ids[start : start + batch_size])
+            inputs = {k: v.to(device) for k, v in builder.item_inputs(chunk).items()}
+            out.append(model.encode_items(inputs).float().cpu().numpy())  # (b, D)
+            progress.advance(task, len(chunk))
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def build_index(
+    model,
+    builder,
+    *,
+    config: IndexConfig | None = None,
+    meta: dict | None = None,
+    batch_size: int = 256,
+    device=None,
+) -> CatalogIndex:
+    """The index of every item of `builder.catalog` under `model` (an OutfitModel in eval mode)."""
+    catalog = builder.catalog
+    ids = catalog.item_ids
+    vectors = catalog_vectors(model, builder, ids, batch_size=batch_size, device=device)
+    categories = [catalog.items[i].category_index for i in ids]
+    return CatalogIndex.build(vectors, ids, categories, config, meta)
+
+
+def build_index_for_model(
+    resolved,
+    data_dir: Path,
+    out_dir: Path | None = None,
+    *,
+    config: IndexConfig | None = None,
+    features=None,
+    batch_size: int = 256,
+) -> CatalogIndex:
+    """Build (and save to `out_dir`) the catalog index of a resolved model version.
+
+    Args:
+        resolved: a `registry.ResolvedModel` (checkpoint folder + version info).
+        features: the catalog's cached tower features; for a model that reads features and none
+            are given, they come from the embedding cache (`platform.embed`, Ray Data).
+    """
+    from outfitter.data import load_catalog
+    from outfitter.model.checkpoint import load_checkpoint
+    from outfitter.model.inputs import InputBuilder
+
+    catalog = load_catalog(Path(data_dir))
+    model, cfg, _ = load_checkpoint(resolved.checkpoint_dir, map_location="cpu")
+    model.eval()
+    if features is None and cfg.input_kind == "features":
+        from outfitter.platform.embed import embed_catalog
+
+        features, _, _ = embed_catalog(catalog, cfg.clip)
+    builder = InputBuilder.for_model(model, catalog, features)
+    meta = {
+        "model_name": resolved.name,
+        "model_version": resolved.version,
+        "model_config": cfg.name,
+        "checkpoint": str(resolved.checkpoint_dir),
+        "data_dir": str(Path(data_dir).resolve()),
+    }
+    index = build_index(model, builder, config=config, meta=meta, batch_size=batch_size)
+    if out_dir is not None:
+        index.save(Path(out_dir))
+    return index

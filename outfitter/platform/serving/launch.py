@@ -1,0 +1,165 @@
+"""`outfitter serve`: deploy a Serve config file the way Ray's own `serve run CONFIG` does.
+
+The YAML is a standard Serve config (`http_options`, `applications[].import_path/args/deployments`),
+so `serve run serve_configs/local.yaml` and `serve deploy` accept it unchanged. On top of what
+Ray does, this entry point makes relative paths in our applications' `args` absolute (replicas
+may start in another working directory) and pins `args.revision` to the registry version the
+model alias points at now: re-running `outfitter serve` after a promotion changes the model
+deployments' `user_config`, which hot-swaps the model and its index in place.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+log = logging.getLogger(__name__)
+
+BUILDER = "outfitter.platform.serving.deployments:build_app"
+_PATH_ARGS = ("data_dir", "index_dir")
+
+
+class ServeConfigError(ValueError):
+    """A Serve config file that cannot be deployed; the message says what to fix."""
+
+
+def load_serve_config(path: Path) -> dict[str, Any]:
+    """Read and validate a Serve config file (Ray's `ServeDeploySchema`)."""
+    from pydantic import ValidationError
+    from ray.serve.schema import ServeDeploySchema
+
+    path = Path(path)
+    if not path.is_file():
+        raise ServeConfigError(f"serve config {path} does not exist")
+    try:
+        config = yaml.safe_load(path.read_text())
+        ServeDeploySchema.model_validate(config)
+    except (yaml.YAMLError, ValidationError) as err:
+        raise ServeConfigError(f"{path} is not a valid Serve config: {err}") from None
+    return config
+
+
+def _absolute(value: str, base: Path) -> str:
+    if value.startswith("sqlite:///") and not value.startswith("sqlite:////"):
+        return "sqlite:///" + str((base / value.removeprefix("sqlite:///")).resolve())
+    if "://" in value or value.startswith("models:/") or value.startswith("runs:/"):
+        return value
+    return str((base / value).resolve())
+
+
+def absolute_args(args: dict[str, Any], base: Path | None = None) -> dict[str, Any]:
+    """`args` of `build_app` with relative paths (and sqlite URIs) resolved against `base`."""
+    base = Path(base or Path.cwd())
+    out = dict(args)
+    for key in (*_PATH_ARGS, "tracking_uri", "model_uri"):
+        if out.get(key):
+            out[key] = _absolute(str(out[key]), base)
+    return out
+
+
+def prepare_config(config: dict[str, Any], *, base: Path | None = None, pin: bool = True) -> dict:
+    """A copy of `config` with our apps' paths made absolute and their model pinned.
+
+    Pinning writes each model deployment's full `user_config` into `deployments[]` with
+    `revision` = the registry version the model URI points at now. Only `user_config` changes
+    between two applies after a promotion, so Serve reconfigures the running replicas in place
+    (a change of `args` would replace every replica instead).
+    """
+    from outfitter.platform.serving.deployments import AppArgs, user_configs
+
+    base = Path(base or Path.cwd())
+    config = copy.deepcopy(config)
+    for app in config.get("applications", []):
+        if app.get("import_path") != BUILDER:
+            continue
+        args = app["args"] = absolute_args(app.get("args") or {}, base)
+        entries = {d["name"]: d for d in app.setdefault("deployments", [])}
+        for name, default in user_configs(AppArgs.model_validate(args)).items():
+            entry = entries.get(name) or {"name": name}
+            if name not in entries:
+                app["deployments"].append(entry)
+            user_config = {**default, **(entry.get("user_config") or {})}
+            uri = str(user_config["model_uri"])
+            user_config["model_uri"] = _absolute(uri, base)
+            if pin and uri.startswith("models:/"):
+                user_config["revision"] = _registry_version(uri, args.get("tracking_uri"))
+            entry["user_config"] = user_config
+    return config
+
+
+def _registry_version(model_uri: str, tracking_uri: str | None) -> str:
+    """The version a registry URI points at now (aliases move; versions do not)."""
+    import os
+
+    from outfitter.platform import registry
+
+    name, _, ref = model_uri.removeprefix("models:/").partition("@")
+    if not ref:
+        return model_uri.rsplit("/", 1)[-1]
+    if tracking_uri:
+        os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+    registry.configure_tracking()
+    version = registry.version_by_alias(name, ref)
+    if version is None:
+        raise ServeConfigError(f"{model_uri}: registered model {name!r} has no alias {ref!r}")
+    return str(version.version)
+
+
+def deploy(config: dict[str, Any], *, timeout_s: float = 300.0) -> list[str]:
+    """Start Serve (on the Ray instance this process is connected to) and apply `config`.
+
+    Returns the application names once all are RUNNING; raises when one fails to deploy.
+    """
+    from ray.serve._private import api as serve_api  # what `serve run CONFIG` calls
+    from ray.serve.schema import ServeDeploySchema
+
+    schema = ServeDeploySchema.model_validate(config)
+    client = serve_api.serve_start(
+        http_options=schema.http_options.model_dump(),
+        proxy_location=schema.proxy_location,
+    )
+    client.deploy_apps(schema, _blocking=False)
+    names = [app.name for app in schema.applications]
+    wait_until_running(names, timeout_s=timeout_s)
+    return names
+
+
+def wait_until_running(names: list[str], *, timeout_s: float = 300.0) -> None:
+    """Poll `serve.status()` until every app in `names` is RUNNING (fails fast on DEPLOY_FAILED)."""
+    from ray import serve
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        apps = serve.status().applications
+        states = {n: (apps[n].status if n in apps else "NOT_STARTED") for n in names}
+        failed = [
+            _why(n, apps[n]) for n, s in states.items() if s in ("DEPLOY_FAILED", "UNHEALTHY")
+        ]
+        if failed:
+            raise RuntimeError("Serve applications failed to deploy: " + "; ".join(failed))
+        if all(s == "RUNNING" for s in states.values()):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"Serve applications not running after {timeout_s:.0f}s: {states}")
+        time.sleep(0.5)
+
+
+def _why(name: str, status) -> str:
+    """The failing deployments of an app and the last error line of each (not the traceback)."""
+    reasons = []
+    for deployment, info in status.deployments.items():
+        lines = [ln.strip() for ln in (info.message or "").splitlines() if ln.strip()]
+        errors = [ln for ln in lines if "Error" in ln or "Exception" in ln]
+        if info.status not in ("HEALTHY", "UPDATING") and lines:
+            reasons.append(f"{deployment}: {(errors or lines)[-1][:500]}")
+    return f"{name}: " + ("; ".join(reasons) or status.message.strip().splitlines()[-1][:500])
+
+
+def url_of(config: dict[str, Any]) -> str:
+    http = config.get("http_options") or {}
+    return f"http://{http.get('host', '127.0.0.1')}:{http.get('port', 8000)}"

@@ -1,0 +1,50 @@
+"""Tiny model versions for the serving tests: two random-init hybrid-tiny checkpoints with indexes.
+
+Both share one set of frozen CLIP towers (so catalog features and new-item features agree) and
+differ in their heads. Made once per test session under pytest's base temp folder.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+
+from PIL import Image
+
+
+def tiny_versions(root: Path, data_dir: Path) -> tuple[Path, Path]:
+    """Checkpoint folders `v1`, `v2` under `root`, each with its faiss index in `index/`."""
+    import torch
+
+    from outfitter.data import load_catalog
+    from outfitter.model import load_config
+    from outfitter.model.checkpoint import load_checkpoint, save_checkpoint
+    from outfitter.model.factory import build_model
+    from outfitter.model.inputs import InputBuilder
+    from outfitter.model.towers import create_towers
+    from outfitter.platform.index import build_index
+
+    dirs = (root / "v1", root / "v2")
+    if all((d / "index" / "meta.json").is_file() for d in dirs):
+        return dirs
+    catalog = load_catalog(data_dir)
+    cfg = load_config("hybrid-tiny")
+    torch.manual_seed(0)
+    towers = create_towers(cfg.clip)
+    features = None
+    for seed, folder in enumerate(dirs):
+        torch.manual_seed(seed)
+        save_checkpoint(folder, build_model(cfg), cfg, {"seed": seed}, towers=towers)
+        model, _, _ = load_checkpoint(folder)
+        builder = InputBuilder.for_model(model, catalog, features)
+        build_index(model, builder).save(folder / "index")
+        features = builder.features  # computed once, by the shared towers
+    return dirs
+
+
+def image_b64(size: tuple[int, int] = (48, 48), color=(200, 30, 30), fmt: str = "PNG") -> str:
+    """A small solid-colour image, base64-encoded."""
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, fmt)
+    return base64.b64encode(buf.getvalue()).decode()
