@@ -1,0 +1,142 @@
+"""Evaluate a model on a split: compatibility AUC, FITB (both ways) and retrieval recall@k.
+
+- `compatibility_auc`: ROC AUC of the compatibility logits over `compatibility_{split}.txt`.
+- `fitb_accuracy`: the target-token query (built from the blank's category prompt: the answers'
+  majority category, since the blank's own description is unknown) against the 4 candidates.
+- `fitb_accuracy_compat`: the compatibility score of each completed outfit.
+- `recall_at_10`: one item held out of each outfit (a fixed seeded choice), queried by its
+  category prompt and ranked against every catalog item of its category (context items excluded).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from outfitter.data.types import Catalog, Split
+from outfitter.model import metrics
+
+
+@torch.no_grad()
+def encode_catalog(model, builder, ids: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+    """Item vectors (M, D) of `ids`, in eval mode."""
+    model.eval()
+    device = next(model.parameters()).device
+    chunks = []
+    for i in range(0, len(ids), batch_size):
+        inputs = builder.item_inputs(ids[i : i + batch_size])
+        inputs = {k: v.to(device) for k, v in inputs.items()}
+        chunks.append(model.encode_items(inputs).float())
+    return torch.cat(chunks)
+
+
+def _pad(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    n = max(len(r) for r in rows)
+    items = torch.zeros(len(rows), n, dtype=torch.long)
+    mask = torch.zeros(len(rows), n, dtype=torch.bool)
+    for b, r in enumerate(rows):
+        items[b, : len(r)] = torch.tensor(r)
+        mask[b, : len(r)] = True
+    return items, mask  # (B, N)
+
+
+@torch.no_grad()
+def _compat_scores(model, vecs, outfits: list[list[int]], batch_size: int) -> np.ndarray:
+    scores = []
+    for i in range(0, len(outfits), batch_size):
+        items, mask = _pad(outfits[i : i + batch_size])
+        mask = mask.to(vecs.device)
+        scores.append(model.compatibility_logits(vecs[items.to(vecs.device)], mask).float().cpu())
+    return torch.cat(scores).numpy() if scores else np.zeros(0)
+
+
+@torch.no_grad()
+def _queries(model, builder, vecs, contexts, categories, batch_size) -> torch.Tensor:
+    """Query vectors (Q, D) for outfit contexts and wanted categories (category prompts)."""
+    out = []
+    for i in range(0, len(contexts), batch_size):
+        items, mask = _pad(contexts[i : i + batch_size])
+        cats = categories[i : i + batch_size]
+        text = builder.target_text(None, cats, None)
+        text = {k: v.to(vecs.device) for k, v in text.items()}
+        cat_t = torch.tensor(cats, device=vecs.device)
+        out.append(model.query(vecs[items.to(vecs.device)], mask.to(vecs.device), text, cat_t))
+    return torch.cat(out)
+
+
+def _holdouts(split: Split, seed: int) -> list[tuple[list[str], str]]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for outfit in split.outfits:
+        if len(outfit.item_ids) >= 2:
+            k = int(rng.integers(len(outfit.item_ids)))
+            context = [i for j, i in enumerate(outfit.item_ids) if j != k]
+            out.append((context, outfit.item_ids[k]))
+    return out
+
+
+def evaluate(
+    model,
+    builder,
+    split: Split,
+    catalog: Catalog,
+    *,
+    batch_size: int = 64,
+    recall_k: int = 10,
+    seed: int = 0,
+) -> dict:
+    """Metrics of `model` on `split` (see the module docstring); NaN where a task is absent."""
+    model.eval()
+    ids = catalog.item_ids
+    row = {item_id: r for r, item_id in enumerate(ids)}
+    vecs = encode_catalog(model, builder, ids)  # (M, D)
+    result: dict = {"n_compat": len(split.compatibility), "n_fitb": len(split.fitb)}
+
+    result["compatibility_auc"] = float("nan")
+    if split.compatibility:
+        outfits = [[row[i] for i in q.item_ids] for q in split.compatibility]
+        scores = _compat_scores(model, vecs, outfits, batch_size)
+        labels = [q.label for q in split.compatibility]
+        if len(set(labels)) == 2:
+            result["compatibility_auc"] = metrics.compatibility_auc(labels, scores)
+
+    result["fitb_accuracy"] = result["fitb_accuracy_compat"] = float("nan")
+    if split.fitb:
+        questions = [[row[i] for i in q.question] for q in split.fitb]
+        answers = torch.tensor([[row[i] for i in q.answers] for q in split.fitb])  # (Q, C)
+        correct = [q.correct for q in split.fitb]
+        completed = [
+            qs + [a] for qs, ans in zip(questions, answers.tolist(), strict=True) for a in ans
+        ]
+        compat = _compat_scores(model, vecs, completed, batch_size).reshape(answers.shape)
+        result["fitb_accuracy_compat"] = metrics.fitb_accuracy(compat, correct)
+        cats = [
+            Counter(catalog.items[i].category_index for i in q.answers).most_common(1)[0][0]
+            for q in split.fitb
+        ]
+        query = _queries(model, builder, vecs, questions, cats, batch_size)  # (Q, D)
+        by_query = torch.einsum("qd,qcd->qc", query, vecs[answers.to(vecs.device)])
+        result["fitb_accuracy"] = metrics.fitb_accuracy(by_query.cpu().numpy(), correct)
+
+    held = _holdouts(split, seed)
+    result["n_recall"] = len(held)
+    result[f"recall_at_{recall_k}"] = float("nan")
+    if held:
+        item_cat = np.array([catalog.items[i].category_index for i in ids])
+        contexts = [[row[i] for i in c] for c, _ in held]
+        targets = np.array([row[t] for _, t in held])
+        cats = [int(item_cat[t]) for t in targets]
+        query = _queries(model, builder, vecs, contexts, cats, batch_size)  # (Q, D)
+        hits = 0.0
+        for i in range(0, len(held), 256):  # chunks: (Q, M) scores of a whole catalog are big
+            scores = (query[i : i + 256] @ vecs.T).cpu().numpy()  # (q, M)
+            valid = item_cat[None, :] == np.array(cats[i : i + 256])[:, None]  # right category
+            for q, context in enumerate(contexts[i : i + 256]):
+                valid[q, context] = False
+            chunk = metrics.recall_at_k(scores, targets[i : i + 256], recall_k, valid)
+            hits += chunk * len(scores)
+        result[f"recall_at_{recall_k}"] = hits / len(held)
+    return result

@@ -1,0 +1,285 @@
+"""InputBuilder: turns id-level batches (item ids + positions) into the tensors a model reads.
+
+The data layer's collates produce batches of item *ids*; what an item becomes depends on the
+model: cached CLIP features (`image_feat`/`text_feat`, the fast path), or pixels and tokens for
+models with fine-tuned towers and for the Sun et al. baseline. The builder also makes the target
+text of retrieval (the wanted item's title, or its category prompt with probability
+`target.prompt_prob` during training) and samples same-category negatives for InfoNCE.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from outfitter.data.types import CATEGORIES, Catalog
+from outfitter.model.config import ModelConfig
+
+IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+
+
+def item_text(title: str, description: str = "") -> str:
+    """The text of an item as `Item.text` writes it (title + description)."""
+    return f"{title}. {description}".strip() if description else title
+
+
+class InputBuilder:
+    """Adds `inputs`, `target_text` (and retrieval `negatives`) to id-level batches.
+
+    Args:
+        features: cached tower features; computed here (once) when the model needs them and
+            none are given.
+        towers: CLIP towers for text prompts, titles and new items; created from `cfg.clip` on
+            first use when not given.
+        vocab: the Sun et al. baseline's word vocabulary (`model.vocab`).
+    """
+
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        catalog: Catalog,
+        features=None,
+        towers=None,
+        *,
+        vocab=None,
+        seed: int = 0,
+    ):
+        if cfg.kind == "sun2020" and vocab is None:
+            raise ValueError(
+                "a sun2020 model needs its vocabulary: InputBuilder(..., vocab=model.vocab)"
+            )
+        self.cfg, self.catalog, self.vocab = cfg, catalog, vocab
+        self._features, self._towers = features, towers
+        self.rng = np.random.default_rng(seed)
+        self._title_feats: dict[str, np.ndarray] = {}
+        self._prompt_feats: np.ndarray | None = None
+        self._pixels: dict[str, torch.Tensor] = {}
+        self.set_negative_pool(catalog.item_ids)
+
+    @classmethod
+    def for_model(cls, model, catalog: Catalog, features=None, towers=None, seed: int = 0):
+        """A builder for a built model (takes its config, vocabulary and fine-tuned towers)."""
+        towers = towers if towers is not None else getattr(model, "towers", None)
+        vocab = getattr(model, "vocab", None)
+        return cls(model.cfg, catalog, features, towers, vocab=vocab, seed=seed)
+
+    # ------------------------------------------------------------ resources
+
+    @property
+    def towers(self):
+        if self._towers is None:
+            from outfitter.model.towers import create_towers
+
+            self._towers = create_towers(self.cfg.clip)
+        return self._towers
+
+    @property
+    def features(self):
+        """The feature table (computed with the frozen towers on first use when not given)."""
+        if self._features is None:
+            from outfitter.model.towers import compute_features
+
+            self._features = compute_features(self.towers, self.catalog)
+        return self._features
+
+    def set_negative_pool(self, ids: Sequence[str]) -> None:
+        """Items that retrieval negatives are drawn from (e.g. the train split's items)."""
+        by_cat: dict[int, list[str]] = {}
+        for i in ids:
+            by_cat.setdefault(self.catalog.items[i].category_index, []).append(i)
+        self._pool = {c: np.array(v) for c, v in by_cat.items()}
+
+    def prompt(self, category: int | str) -> str:
+        name = CATEGORIES[category] if isinstance(category, (int, np.integer)) else category
+        return self.cfg.target.prompt_template.format(category=name)
+
+    # ------------------------------------------------------------ items
+
+    def item_inputs(self, ids: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Per-item model inputs for `ids` (U items)."""
+        ids = list(ids)
+        if self.cfg.kind == "sun2020":
+            return {"pixels": self._sun_pixels(ids), "tokens": self._sun_tokens(ids)}
+        clip, out = self.cfg.clip, {}
+        rows = self.features.rows(ids) if clip.freeze_image or clip.freeze_text else None
+        if clip.freeze_image:  # frozen tower: its cached features (the fast path)
+            out["image_feat"] = torch.from_numpy(np.asarray(self.features.image[rows]))  # (U, Di)
+        else:
+            paths = [self.catalog.image_path(i) for i in ids]
+            out["pixels"] = torch.stack([self.towers.load_pixels(p) for p in paths])  # (U, 3, H, W)
+        if clip.freeze_text:
+            out["text_feat"] = torch.from_numpy(np.asarray(self.features.text[rows]))  # (U, Dt)
+        else:
+            out["tokens"] = self.towers.tokenize(
+                [self.catalog.items[i].text for i in ids]
+            )  # (U, L)
+        return out
+
+    def _sun_pixels(self, ids: list[str]) -> torch.Tensor:
+        from outfitter.data.images import load_image
+
+        size = self.cfg.sun2020.image_size
+        out = []
+        for i in ids:
+            if i not in self._pixels:  # decoded once, kept as uint8 (3 * size^2 bytes)
+                image = np.asarray(load_image(self.catalog.image_path(i), size))
+                self._pixels[i] = torch.from_numpy(image.copy()).permute(2, 0, 1)
+            out.append(self._pixels[i])
+        pixels = torch.stack(out).float() / 255.0  # (U, 3, H, W)
+        return (pixels - IMAGENET_MEAN) / IMAGENET_STD
+
+    def _sun_tokens(self, ids: list[str], texts: list[str] | None = None) -> torch.Tensor:
+        texts = texts if texts is not None else [self.catalog.items[i].title for i in ids]
+        encoded = [self.vocab.encode(t, self.cfg.sun2020.max_words) for t in texts]
+        tokens = torch.zeros(len(encoded), max(len(e) for e in encoded), dtype=torch.long)
+        for row, e in enumerate(encoded):
+            tokens[row, : len(e)] = torch.tensor(e)
+        return tokens  # (U, L), 0 = padding
+
+    # ------------------------------------------------------------ target texts
+
+    def encode_texts(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Target-text inputs for free texts: `text_feat` (frozen text tower) or `tokens`."""
+        if self.cfg.kind == "sun2020" or not self.cfg.target.use_text:
+            return {}
+        if self.cfg.clip.freeze_text:
+            return {"text_feat": torch.from_numpy(self.towers.encode_texts(list(texts)))}
+        return {"tokens": self.towers.tokenize(list(texts))}
+
+    def _prompt_features(self) -> np.ndarray:
+        if self._prompt_feats is None:
+            prompts = [self.prompt(c) for c in range(len(CATEGORIES))]
+            self._prompt_feats = self.towers.encode_texts(prompts)  # (C, Dt)
+        return self._prompt_feats
+
+    def _description(self, item_id: str) -> str:
+        item = self.catalog.items[item_id]
+        return item.title if self.cfg.target.source == "title" else item.text
+
+    def _description_features(self, ids: list[str]) -> np.ndarray:
+        if self.cfg.target.source == "text" and self.cfg.clip.freeze_text:
+            return np.asarray(self.features.text[self.features.rows(ids)])
+        new = sorted({i for i in ids if i not in self._title_feats})
+        if new:
+            feats = self.towers.encode_texts([self._description(i) for i in new])
+            self._title_feats.update(zip(new, feats, strict=True))
+        return np.stack([self._title_feats[i] for i in ids])
+
+    def target_text(self, target_ids: Sequence[str] | None, categories, use_prompt) -> dict:
+        """Target-text inputs (B, ...): the target's description, or the category prompt where
+        `use_prompt` (B,) is True (always when `target_ids` is None)."""
+        if self.cfg.kind == "sun2020" or not self.cfg.target.use_text:
+            return {}
+        categories = [int(c) for c in categories]
+        use_prompt = (
+            np.ones(len(categories), bool) if target_ids is None else np.asarray(use_prompt)
+        )
+        if not self.cfg.clip.freeze_text:
+            texts = [
+                self.prompt(c) if p else self._description(t)
+                for c, p, t in zip(categories, use_prompt, target_ids or categories, strict=True)
+            ]
+            return {"tokens": self.towers.tokenize(texts)}
+        feats = self._prompt_features()[categories]  # (B, Dt)
+        if not use_prompt.all():
+            rows = np.flatnonzero(~use_prompt)
+            feats = feats.copy()
+            feats[rows] = self._description_features([target_ids[r] for r in rows])
+        return {"text_feat": torch.from_numpy(np.ascontiguousarray(feats, dtype=np.float32))}
+
+    # ------------------------------------------------------------ batches
+
+    def compatibility(self, batch: dict) -> dict:
+        return {**batch, "inputs": self.item_inputs(batch["ids"])}
+
+    def retrieval(self, batch: dict, *, train: bool = True, prompt: bool | None = None) -> dict:
+        """Adds negatives, inputs and the target text to a retrieval batch.
+
+        Args:
+            train: sample same-category negatives and mix titles/prompts (`target.prompt_prob`).
+            prompt: force the category prompt (True) or the description (False) as target text.
+        """
+        ids = list(batch["ids"])
+        targets = [ids[t] for t in batch["target"].tolist()]
+        cats = batch["target_category"].tolist()
+        out = dict(batch)
+        k = self.cfg.loss.category_negatives if train else 0
+        if k > 0:
+            position = {i: p for p, i in enumerate(ids)}
+            negatives = torch.zeros(len(targets), k, dtype=torch.long)
+            for row, (target, cat) in enumerate(zip(targets, cats, strict=True)):
+                pool = self._pool.get(cat, np.array([target]))
+                for col, neg in enumerate(self.rng.choice(pool, size=k)):
+                    neg = str(neg)
+                    if neg not in position:
+                        position[neg] = len(ids)
+                        ids.append(neg)
+                    negatives[row, col] = position[neg]
+            out["ids"], out["negatives"] = ids, negatives  # (B, K) positions in ids
+        if prompt is None:
+            p = self.cfg.target.prompt_prob if train else 0.0
+            use_prompt = self.rng.random(len(targets)) < p
+        else:
+            use_prompt = np.full(len(targets), bool(prompt))
+        out["inputs"] = self.item_inputs(ids)
+        out["target_text"] = self.target_text(targets, cats, use_prompt)
+        return out
+
+    def fitb(self, batch: dict) -> dict:
+        """Adds inputs and the blank's category prompt (answers' category) to a FITB batch."""
+        cats = batch["answer_category"].tolist()
+        return {
+            **batch,
+            "inputs": self.item_inputs(batch["ids"]),
+            "target_text": self.target_text(None, cats, None),
+        }
+
+    def __call__(self, batches: dict[str, dict], *, train: bool = True) -> dict[str, dict]:
+        """Build a task batch `{"compatibility": ..., "retrieval": ..., "fitb": ...}`."""
+        out = {}
+        for name, batch in batches.items():
+            if name == "retrieval":
+                out[name] = self.retrieval(batch, train=train)
+            elif name == "fitb":
+                out[name] = self.fitb(batch)
+            else:
+                out[name] = self.compatibility(batch)
+        return out
+
+    # ------------------------------------------------------------ new items
+
+    def encode_new_item(self, title: str, description: str = "", image=None) -> dict:
+        """Inputs (U=1) of an item that is not in the catalog; `image`: PIL image or path."""
+        from PIL import Image
+
+        from outfitter.data.images import load_image
+
+        if image is not None and not isinstance(image, Image.Image):
+            image = load_image(Path(image))
+        text = item_text(title, description)
+        if self.cfg.kind == "sun2020":
+            if image is None:
+                raise ValueError("the sun2020 model needs an image for every item")
+            size = self.cfg.sun2020.image_size
+            pixels = torch.from_numpy(np.asarray(image.convert("RGB").resize((size, size))).copy())
+            pixels = (pixels.permute(2, 0, 1).float() / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+            return {"pixels": pixels[None], "tokens": self._sun_tokens([], [title])}
+        needs_image = "image" in self.cfg.item.modalities
+        if needs_image and image is None:
+            raise ValueError(f"model {self.cfg.name!r} reads item images; pass an image")
+        towers, clip, out = self.towers, self.cfg.clip, {}
+        pixels = towers.preprocess(image.convert("RGB"))[None] if image is not None else None
+        with torch.no_grad():
+            if pixels is not None:
+                out["image_feat" if clip.freeze_image else "pixels"] = (
+                    towers.encode_pixels(pixels).float().cpu() if clip.freeze_image else pixels
+                )
+            if clip.freeze_text:
+                out["text_feat"] = torch.from_numpy(towers.encode_texts([text]))
+            else:
+                out["tokens"] = towers.tokenize([text])
+        return out

@@ -1,0 +1,72 @@
+"""Evaluation metrics: compatibility ROC AUC, FITB accuracy, retrieval recall@k (numpy, no torch).
+
+Ties never help a model: FITB gives 1/t credit when the right answer ties with t-1 others, and
+recall@k counts every other candidate scoring >= the target as ranked above it, so a model that
+scores everything equally gets chance FITB and (almost) no recall.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def compatibility_auc(labels, scores) -> float:
+    """ROC AUC of scores against binary labels (Mann-Whitney U, ties counted half)."""
+    labels = np.asarray(labels).astype(bool).ravel()
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    if labels.shape != scores.shape:
+        raise ValueError(f"{labels.shape[0]} labels but {scores.shape[0]} scores")
+    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError(f"AUC needs both classes; got {n_pos} positives, {n_neg} negatives")
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(len(scores), dtype=np.float64)
+    sorted_scores = scores[order]
+    # average ranks of tied groups (1-based)
+    _, start, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
+    avg = start + (counts + 1) / 2.0
+    ranks[order] = np.repeat(avg, counts)
+    u = ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0
+    return float(u / (n_pos * n_neg))
+
+
+def fitb_accuracy(scores, correct) -> float:
+    """Share of questions whose right answer scores highest.
+
+    Args:
+        scores: (Q, C) score of each candidate answer.
+        correct: (Q,) index of the right answer.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    correct = np.asarray(correct, dtype=np.int64)
+    if scores.ndim != 2 or scores.shape[0] != correct.shape[0]:
+        raise ValueError(
+            f"scores {scores.shape} must be (Q, C) with Q = len(correct)={len(correct)}"
+        )
+    if len(correct) == 0:
+        return float("nan")
+    right = scores[np.arange(len(correct)), correct][:, None]  # (Q, 1)
+    above = (scores > right).any(axis=1)
+    ties = (scores == right).sum(axis=1)  # includes the right answer itself
+    return float(np.where(above, 0.0, 1.0 / ties).mean())
+
+
+def recall_at_k(scores, target, k: int, valid=None) -> float:
+    """Share of queries whose target ranks in the top k among the valid candidates.
+
+    Args:
+        scores: (Q, M) score of each candidate item.
+        target: (Q,) index of the target item in the candidates.
+        valid: optional (Q, M) bool, False = not a candidate for that query (other categories,
+            items already in the outfit); the target itself is always a candidate.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    target = np.asarray(target, dtype=np.int64)
+    if len(target) == 0:
+        return float("nan")
+    rows = np.arange(len(target))
+    mask = np.ones_like(scores, dtype=bool) if valid is None else np.asarray(valid, bool).copy()
+    mask[rows, target] = False  # the target does not outrank itself
+    t = scores[rows, target][:, None]  # (Q, 1)
+    rank = ((scores >= t) & mask).sum(axis=1)  # candidates ranked at or above the target
+    return float((rank < k).mean())

@@ -1,0 +1,90 @@
+"""CLIP tower pre-training (`clip-pretrain`) and fine-tuned-tower (raw input) checkpoints."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from outfitter.data import load_catalog
+from outfitter.model import load_config
+from outfitter.model.checkpoint import load_checkpoint, save_checkpoint
+from outfitter.model.clip_pretrain import pretrain
+from outfitter.model.factory import build_model
+from outfitter.model.towers import create_towers
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_pretrain_writes_open_clip_loadable_weights(synth_dir, tmp_path):
+    catalog = load_catalog(synth_dir)
+    ids = catalog.item_ids
+    out = tmp_path / "towers.safetensors"
+    clip = load_config("hybrid-tiny").clip
+    result = pretrain(
+        catalog, clip, out, 2, train_ids=ids[:256], heldout_ids=ids[-64:], batch_size=64
+    )
+    assert out.is_file() and result["n_heldout"] == 64 and result["chance_r1"] == 1 / 64
+    assert 0.0 <= result["image_to_text_r1"] <= 1.0 and result["final_loss"] > 0
+    towers = create_towers(clip.__class__(**{**clip.__dict__, "pretrained": str(out)}))
+    random = create_towers(clip)
+    text = ["a photo of shoes", catalog.items[ids[0]].title]
+    assert not torch.allclose(
+        torch.from_numpy(towers.encode_texts(text)), torch.from_numpy(random.encode_texts(text))
+    )
+
+
+def test_cli_clip_pretrain_prints_recall(synth_dir, tmp_path):
+    from outfitter.cli import app
+
+    out = tmp_path / "t.safetensors"
+    args = ["clip-pretrain", "--data", str(synth_dir), "--out", str(out), "--epochs", "1"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "recall@1 image->text" in result.output and "chance" in result.output
+    assert out.is_file()
+    bad = CliRunner().invoke(app, [*args[:4], str(tmp_path / "t.bin")])
+    assert bad.exit_code != 0 and "safetensors" in bad.output
+
+
+def test_finetuned_towers_round_trip(tmp_path):
+    cfg = load_config("hybrid-tiny", {"clip.freeze_text": False})
+    model = build_model(cfg).eval()
+    assert model.input_kind == "raw" and model.clip is not None
+    assert all(p.requires_grad for p in model.clip.transformer.parameters())
+    assert not any(p.requires_grad for p in model.clip.visual.parameters())
+    with torch.no_grad():  # make the weights differ from any fresh init
+        model.clip.text_projection.mul_(1.5)
+    inputs = {
+        "pixels": torch.randn(2, 3, 64, 64),
+        "tokens": model.towers.tokenize(["red silk dress", "navy boots"]),
+    }
+    save_checkpoint(tmp_path, model, cfg, {"note": "raw"})
+    loaded, loaded_cfg, meta = load_checkpoint(tmp_path)
+    assert loaded_cfg == cfg and meta == {"note": "raw"}
+    with torch.no_grad():
+        assert torch.allclose(loaded.encode_items(inputs), model.encode_items(inputs), atol=1e-5)
+
+
+def test_frozen_image_tower_keeps_cached_features_when_text_is_finetuned(synth_dir):
+    from outfitter.model.inputs import InputBuilder
+    from outfitter.model.towers import compute_features
+
+    catalog = load_catalog(synth_dir)
+    cfg = load_config("hybrid-tiny", {"clip.freeze_text": False})
+    model = build_model(cfg)
+    ids = catalog.item_ids[:6]
+    features = compute_features(model.towers, catalog, ids)
+    builder = InputBuilder.for_model(model, catalog, features)
+    inputs = builder.item_inputs(ids)
+    assert set(inputs) == {"image_feat", "tokens"}  # no pixels: the image tower is frozen
+    vecs = model.encode_items(inputs)
+    vecs.sum().backward()
+    assert model.clip.token_embedding.weight.grad is not None
+    assert model.clip.visual.conv1.weight.grad is None

@@ -1,0 +1,177 @@
+"""Unit tests of the model parts: towers, item encoder, outfit transformer, baseline, losses."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from outfitter.model import load_config
+from outfitter.model.factory import build_model
+from outfitter.model.losses import compatibility_loss, retrieval_loss, weighted_triplet_loss
+from outfitter.model.sun2020 import WordVocab
+from outfitter.model.task import OutfitTask, make_optimizer
+from outfitter.model.towers import TowerWeightsError, create_towers
+
+D = 64
+
+
+def _features(u: int, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "image_feat": torch.randn(u, D, generator=g),
+        "text_feat": torch.randn(u, D, generator=g),
+    }
+
+
+@pytest.mark.parametrize("fusion", ["concat", "sum", "gated"])
+def test_hybrid_shapes_and_normalised_vectors(fusion):
+    model = build_model(load_config("hybrid-tiny", {"item.fusion": fusion})).eval()
+    vecs = model.encode_items(_features(6))
+    assert vecs.shape == (6, D)
+    assert torch.allclose(vecs.norm(dim=-1), torch.ones(6), atol=1e-5)
+    items = vecs[torch.tensor([[0, 1, 2], [3, 4, 0]])]  # (B=2, N=3, D)
+    mask = torch.tensor([[True, True, True], [True, True, False]])
+    assert model.compatibility_logits(items, mask).shape == (2,)
+    text = {"text_feat": torch.randn(2, D)}
+    query = model.query(items, mask, text, torch.tensor([8, 3]))
+    assert query.shape == (2, D)
+    assert torch.allclose(query.norm(dim=-1), torch.ones(2), atol=1e-5)
+
+
+def test_padding_does_not_change_the_outputs():
+    model = build_model(load_config("hybrid-tiny")).eval()
+    vecs = model.encode_items(_features(5))
+    short = vecs[torch.tensor([[0, 1, 2]])]
+    padded = vecs[torch.tensor([[0, 1, 2, 3, 4]])]
+    mask = torch.tensor([[True, True, True, False, False]])
+    with torch.no_grad():
+        a = model.compatibility_logits(short, torch.ones(1, 3, dtype=torch.bool))
+        b = model.compatibility_logits(padded, mask)
+        text, cat = {"text_feat": torch.randn(1, D)}, torch.tensor([2])
+        qa = model.query(short, torch.ones(1, 3, dtype=torch.bool), text, cat)
+        qb = model.query(padded, mask, text, cat)
+    assert torch.allclose(a, b, atol=1e-5)
+    assert torch.allclose(qa, qb, atol=1e-5)
+
+
+def test_item_order_does_not_matter():
+    model = build_model(load_config("hybrid-tiny")).eval()
+    vecs = model.encode_items(_features(4))
+    mask = torch.ones(1, 4, dtype=torch.bool)
+    with torch.no_grad():
+        a = model.compatibility_logits(vecs[torch.tensor([[0, 1, 2, 3]])], mask)
+        b = model.compatibility_logits(vecs[torch.tensor([[3, 1, 0, 2]])], mask)
+    assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_ablations_ignore_the_other_modality():
+    feats = _features(3)
+    swapped = {**feats, "text_feat": torch.randn(3, D)}
+    image_only = build_model(load_config("image-only")).eval()
+    assert torch.allclose(image_only.encode_items(feats), image_only.encode_items(swapped))
+    assert image_only.target_text is None  # the target token reads the category only
+    text_only = build_model(load_config("text-only")).eval()
+    assert not torch.allclose(text_only.encode_items(feats), text_only.encode_items(swapped))
+
+
+def test_too_long_outfit_is_rejected_with_the_limit():
+    model = build_model(load_config("hybrid-tiny", {"transformer.max_items": 3}))
+    vecs = torch.randn(1, 4, D)
+    with pytest.raises(ValueError, match=r"4 items; the model takes 1\.\.3"):
+        model.compatibility_logits(vecs, torch.ones(1, 4, dtype=torch.bool))
+
+
+def test_losses():
+    logits, labels = torch.tensor([3.0, -2.0, 0.1]), torch.tensor([1.0, 0.0, 0.0])
+    bce = compatibility_loss(logits, labels, "bce")
+    focal = compatibility_loss(logits, labels, "focal", gamma=2.0)
+    assert 0 < focal < bce  # focal down-weights the easy outfits
+    q = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
+    assert retrieval_loss(q, q, torch.arange(4), 0.01) < 1e-3  # each query is its own candidate
+    a, p, n = torch.eye(3)[:1], torch.eye(3)[1:2], torch.eye(3)[2:]
+    w = torch.tensor([1.0])
+    assert weighted_triplet_loss(a, p, n, w, margin=0.2) == pytest.approx(0.2)
+    assert weighted_triplet_loss(a, p, n, w * 0.5, margin=0.2) == pytest.approx(0.1)
+    assert weighted_triplet_loss(a, a, n, w, margin=0.2) == 0.0
+
+
+def test_sun2020_model_and_vocab():
+    vocab = WordVocab.build(["red silk dress", "blue denim jeans", "red boots"])
+    assert WordVocab.from_json(vocab.to_json()).words == vocab.words
+    assert vocab.encode("red unknown", 16) == [vocab.index["red"], 1]
+    assert vocab.encode("", 16) == [1]
+    model = build_model(load_config("sun2020-tiny"), vocab=vocab).eval()
+    inputs = {
+        "pixels": torch.randn(3, 3, 32, 32),
+        "tokens": torch.tensor([[2, 3, 0], [4, 0, 0], [5, 6, 7]]),
+    }
+    vecs = model.encode_items(inputs)
+    assert vecs.shape == (3, 64)
+    items, mask = (
+        vecs[torch.tensor([[0, 1, 2], [0, 1, 0]])],
+        torch.tensor([[1, 1, 1], [1, 1, 0]]).bool(),
+    )
+    logits = model.compatibility_logits(items, mask)
+    p01 = model.pair_scores(vecs[None])[0, 0, 1]
+    assert torch.allclose(torch.sigmoid(logits[1]), p01, atol=1e-5)  # one pair: its own score
+    assert model.query(items, mask).shape == (2, 64)
+    with pytest.raises(ValueError, match="vocabulary"):
+        build_model(load_config("sun2020-tiny"))
+
+
+def test_optimizer_groups_use_tower_lr_and_skip_decay_on_tokens():
+    cfg = load_config("sun2020-tiny", {"optim.tower_lr": 1e-5})
+    model = build_model(cfg, vocab=WordVocab.build(["a b"]))
+    groups = make_optimizer(cfg, model).param_groups
+    assert {g["lr"] for g in groups} == {1e-5, cfg.optim.lr}
+    hybrid = build_model(load_config("hybrid-tiny"))
+    no_decay = [
+        g for g in make_optimizer(hybrid.cfg, hybrid).param_groups if g["weight_decay"] == 0
+    ]
+    assert any(p is hybrid.outfit_token for g in no_decay for p in g["params"])
+
+
+def test_task_sums_the_weighted_losses():
+    cfg = load_config("hybrid-tiny", {"loss.retrieval_weight": 0.5})
+    task = OutfitTask(build_model(cfg), cfg)
+    compat = {
+        "inputs": _features(4),
+        "items": torch.tensor([[0, 1], [2, 3]]),
+        "mask": torch.ones(2, 2, dtype=torch.bool),
+        "label": torch.tensor([1.0, 0.0]),
+    }
+    retrieval = {
+        "inputs": _features(5),
+        "items": torch.tensor([[0, 1], [2, 0]]),
+        "mask": torch.tensor([[True, True], [True, False]]),
+        "target": torch.tensor([3, 4]),
+        "negatives": torch.tensor([[1], [2]]),
+        "target_category": torch.tensor([1, 2]),
+        "target_text": {"text_feat": torch.randn(2, D)},
+    }
+    out = task({"compatibility": compat, "retrieval": retrieval})
+    assert set(out) >= {"compatibility_loss", "retrieval_loss", "loss"}
+    total = float(out["compatibility_loss"].detach() + out["retrieval_loss"].detach())
+    assert float(out["loss"].detach()) == pytest.approx(total)
+    out["loss"].backward()
+
+
+def test_missing_weights_say_what_to_pass(tmp_path):
+    cfg = load_config("hybrid-tiny", {"clip.pretrained": str(tmp_path / "missing.bin")}).clip
+    with pytest.raises(TowerWeightsError) as err:
+        create_towers(cfg)
+    message = str(err.value)
+    assert "clip.pretrained=/path/to/open_clip_pytorch_model.bin" in message
+    assert "clip.pretrained=null" in message
+    bad = load_config("hybrid-tiny", {"clip.arch": "no-such-arch"}).clip
+    with pytest.raises(TowerWeightsError, match="not an open_clip architecture"):
+        create_towers(bad)
+
+
+def test_tiny_towers_encode_and_check_the_width():
+    towers = create_towers(load_config("hybrid-tiny").clip)
+    assert towers.image_size == 64 and towers.embed_dim == 64
+    feats = towers.encode_texts(["a photo of shoes", "red silk dress"])
+    assert feats.shape == (2, 64)
+    with pytest.raises(TowerWeightsError, match="clip.embed_dim=64"):
+        create_towers(load_config("hybrid-tiny", {"clip.embed_dim": 32}).clip)
