@@ -68,6 +68,8 @@ def read_json(path: Path) -> Any:
         ) from None
     except UnicodeDecodeError as e:
         raise DatasetError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except (ValueError, RecursionError) as e:  # an over-long integer, absurdly deep nesting
+        raise DatasetError(f"{path}: unreadable JSON ({type(e).__name__}: {e})"[:500]) from None
 
 
 def read_fine_categories(root: Path) -> dict[str, tuple[str, str]]:
@@ -76,14 +78,31 @@ def read_fine_categories(root: Path) -> dict[str, tuple[str, str]]:
     if not path.is_file():
         return {}
     fine: dict[str, tuple[str, str]] = {}
-    with open(path, encoding="utf-8", newline="") as f:
-        for lineno, row in enumerate(csv.reader(f), start=1):
-            if not row or (lineno == 1 and row[0].strip().lower() == "id"):
-                continue  # blank line or an optional header
-            if len(row) < 2:
-                raise DatasetError(f"{path}:{lineno}: expected `id,name,semantic`, got {row!r}")
-            fine[row[0].strip()] = (row[1].strip(), row[2].strip() if len(row) > 2 else "")
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            for lineno, row in enumerate(csv.reader(f), start=1):
+                if not row or (lineno == 1 and row[0].strip().lower() == "id"):
+                    continue  # blank line or an optional header
+                if len(row) < 2:
+                    raise DatasetError(
+                        f"{path}:{lineno}: expected `id,name,semantic`, got {row!r}"[:500]
+                    )
+                fine[row[0].strip()] = (row[1].strip(), row[2].strip() if len(row) > 2 else "")
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except csv.Error as e:  # e.g. a NUL byte, an unterminated quote at end of file
+        raise DatasetError(f"{path}: not a CSV file ({e})") from None
     return fine
+
+
+def _text(entry: dict, key: str) -> str:
+    """A text field of a metadata entry: absent or null is "", any other non-string is refused."""
+    value = entry.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise TypeError(f"{key} must be a string, got {type(value).__name__}")
+    return value
 
 
 def readable_url_name(url_name: str) -> str:
@@ -106,22 +125,29 @@ def parse_items(
             report("malformed_entry", f"{where} item {item_id}", "entry is not a JSON object")
             continue
         category = entry.get("semantic_category")
-        if category not in CATEGORY_INDEX:
+        if not isinstance(category, str) or category not in CATEGORY_INDEX:
             report(
                 "unknown_category",
                 f"{where} item {item_id}",
-                f"semantic_category {category!r} is not one of {', '.join(CATEGORIES)}",
+                f"semantic_category {category!r} is not one of {', '.join(CATEGORIES)}"[:500],
             )
+            continue
+        try:
+            title, url_name, description = (
+                _text(entry, k) for k in ("title", "url_name", "description")
+            )
+        except TypeError as e:
+            report("malformed_entry", f"{where} item {item_id}", str(e))
             continue
         category_id = str(entry.get("category_id") or "")
         fine_name = fine.get(category_id, ("", ""))[0]
-        title = (entry.get("title") or "").strip()
+        title = title.strip()
         if not title:  # often empty in the release: the url_name carries the same words
-            title = readable_url_name(entry.get("url_name") or "") or fine_name or category
+            title = readable_url_name(url_name) or fine_name or category
         items[item_id] = Item(
             item_id=item_id,
             title=title,
-            description=(entry.get("description") or "").strip(),
+            description=description.strip(),
             category=category,
             category_id=category_id,
             fine_category=fine_name,
@@ -262,7 +288,11 @@ def parse_fitb(raw: Any, where: str, refs: dict[str, str], report: Report) -> li
                 f"{len(right)} answers are from the question's outfit {set_id}; expected exactly 1",
             )
             continue
-        questions.append(FITBQuestion(question, answers, right[0], int(q.get("blank_position", 0))))
+        blank = q.get("blank_position", 0)
+        if not isinstance(blank, int):
+            report("malformed_entry", at, f"blank_position must be an integer, got {blank!r}"[:200])
+            continue
+        questions.append(FITBQuestion(question, answers, right[0], blank))
     return questions
 
 
@@ -312,8 +342,13 @@ def load_outfit_titles(root: str | Path) -> dict[str, str]:
     raw = read_json(path)
     if not isinstance(raw, dict):
         raise DatasetError(f"{path}: expected a JSON object by set_id")
-    return {
-        str(k): (v.get("title") or readable_url_name(v.get("url_name") or "")).strip()
-        for k, v in raw.items()
-        if isinstance(v, dict)
-    }
+    titles = {}
+    for set_id, entry in raw.items():
+        if not isinstance(entry, dict):
+            continue
+        try:
+            title, url_name = _text(entry, "title"), _text(entry, "url_name")
+        except TypeError as e:
+            raise DatasetError(f"{path}: set_id {set_id}: {e}") from None
+        titles[str(set_id)] = (title or readable_url_name(url_name)).strip()
+    return titles

@@ -97,11 +97,14 @@ class ValidationReport:
         return "\n".join(lines)
 
 
+UNREADABLE = object()  # what `_read` returns for a file it could not parse (JSON `null` is None)
+
+
 def _read(path: Path, report: ValidationReport, **kw):
-    """read_json with problems recorded instead of raised; None when unreadable."""
+    """read_json with problems recorded instead of raised; UNREADABLE when unreadable."""
     if not path.is_file():
         report.add("missing_file", str(path), "file not found")
-        return None
+        return UNREADABLE
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f, **kw)
@@ -111,7 +114,9 @@ def _read(path: Path, report: ValidationReport, **kw):
         )
     except UnicodeDecodeError as e:
         report.add("unreadable_file", str(path), f"not UTF-8 text ({e.reason} at byte {e.start})")
-    return None
+    except (ValueError, RecursionError) as e:  # an over-long integer, absurdly deep nesting
+        report.add("unreadable_file", str(path), f"unreadable JSON ({type(e).__name__})")
+    return UNREADABLE
 
 
 def _check_items(root: Path, report: ValidationReport) -> dict:
@@ -128,7 +133,7 @@ def _check_items(root: Path, report: ValidationReport) -> dict:
     raw = _read(path, report, object_pairs_hook=top_level_pairs)
     for item_id in duplicates:
         report.add("duplicate_id", str(path), f"item id {item_id} appears more than once")
-    if raw is None:
+    if raw is UNREADABLE:
         return {}
     try:
         fine = polyvore.read_fine_categories(root)
@@ -149,7 +154,9 @@ def _check_version(
     for split in polyvore.SPLITS:
         path = folder / f"{split}.json"
         raw = _read(path, report)
-        outfits = polyvore.parse_outfits(raw, str(path), report.add) if raw is not None else []
+        outfits = (
+            polyvore.parse_outfits(raw, str(path), report.add) if raw is not UNREADABLE else []
+        )
         report.counts[f"{version}/{split} outfits"] = len(outfits)
         for o in outfits:
             for item_id in o.item_ids:
@@ -166,7 +173,7 @@ def _check_version(
             n = len(polyvore.parse_compatibility(compat, refs, report.add))
             report.counts[f"{version}/{split} compatibility"] = n
         fitb_path = folder / f"fill_in_blank_{split}.json"
-        if fitb_path.is_file() and (raw_fitb := _read(fitb_path, report)) is not None:
+        if fitb_path.is_file() and (raw_fitb := _read(fitb_path, report)) is not UNREADABLE:
             n = len(polyvore.parse_fitb(raw_fitb, str(fitb_path), refs, report.add))
             report.counts[f"{version}/{split} fitb"] = n
     return split_items
