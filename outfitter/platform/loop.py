@@ -246,8 +246,10 @@ class EpochRunner:
     def save(self, directory: Path, epoch: int, metrics: dict) -> None:
         """A complete checkpoint: the self-describing model folder plus the training state."""
         from outfitter.model.checkpoint import save_checkpoint
+        from outfitter.platform.redact import redact
 
-        meta = {"epoch": epoch, "metrics": metrics, "settings": self.settings.to_dict()}
+        # meta.json travels with the registered model: no credentials of the storage URI in it
+        meta = {"epoch": epoch, "metrics": metrics, "settings": redact(self.settings.to_dict())}
         towers = self.builder.towers if self.cfg.input_kind == "features" else None
         save_checkpoint(directory, self.model, self.cfg, meta, towers=towers)
         state = {

@@ -15,6 +15,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from outfitter.platform.redact import redact_uri
+
 DEFAULT_MODEL_NAME = "outfitter"
 INDEX_TAG = "outfitter.index"
 _MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[\w-]+)|/(?P<version>\d+))$")
@@ -233,13 +235,16 @@ def resolve_model(uri: str, *, dst: Path | None = None) -> ResolvedModel:
             )
         root = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=_dst(dst)))
     except MlflowException as err:
+        # The message reaches the CLI, Serve logs and GET /v1/model: no credentials in it.
         raise RegistryError(
-            f"cannot resolve {uri!r} against the MLflow store {mlflow.get_tracking_uri()!r}: "
-            f"{err.message}. List versions and aliases with `mlflow ui`, or check "
-            "MLFLOW_TRACKING_URI."
+            redact_uri(
+                f"cannot resolve {uri!r} against the MLflow store {mlflow.get_tracking_uri()!r}: "
+                f"{err.message}. List versions and aliases with `mlflow ui`, or check "
+                "MLFLOW_TRACKING_URI."
+            )
         ) from err
     except OSError as err:
-        raise RegistryError(f"cannot download the artifacts of {uri!r}: {err}") from err
+        raise RegistryError(redact_uri(f"cannot download the artifacts of {uri!r}: {err}")) from err
     checkpoint = root / "artifacts" / "checkpoint"
     if not (checkpoint / "config.json").exists():
         raise RegistryError(f"{uri!r} has no checkpoint artifact (expected artifacts/checkpoint/)")

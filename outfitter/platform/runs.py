@@ -98,8 +98,9 @@ def train_and_register(
 
     from outfitter.model import load_config
     from outfitter.platform import registry
-    from outfitter.platform.train import best_checkpoint_dir, build_trainer
+    from outfitter.platform.train import _storage_path, best_checkpoint_dir, build_trainer
 
+    _storage_path(settings.storage_path)  # pre-flight: unwritable or full storage fails first
     tracking_uri = registry.configure_tracking(workdir)
     experiment_id = registry.ensure_experiment(EXPERIMENT)
     model_cfg = load_config(model_config, overrides=overrides or None)
@@ -154,13 +155,16 @@ def _is_num(value) -> bool:
 
 
 def _log_params(model_cfg, settings: TrainSettings, data_dir: str) -> None:
+    """The resolved configs as params and JSON artifacts, credentials in URIs masked."""
     import mlflow
+
+    from outfitter.platform.redact import redact
 
     flat = _flatten({"model": model_cfg.to_dict(), "settings": settings.to_dict()})
     flat["data_dir"] = data_dir
-    mlflow.log_params({k: str(v)[:500] for k, v in flat.items()})
-    mlflow.log_dict(model_cfg.to_dict(), "config/model_config.json")
-    mlflow.log_dict(settings.to_dict(), "config/train_settings.json")
+    mlflow.log_params({k: redact(str(v))[:500] for k, v in flat.items()})
+    mlflow.log_dict(redact(model_cfg.to_dict()), "config/model_config.json")
+    mlflow.log_dict(redact(settings.to_dict()), "config/train_settings.json")
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:
