@@ -1,0 +1,197 @@
+"""The README's Results section, generated from the benchmarks' JSON files in bench/results/.
+
+Prints markdown: one table per result file that exists (quality, training, embedding, serving,
+index), each with the machine and date it was measured on. `--write-readme` also replaces what
+lies between `<!-- results:begin -->` and `<!-- results:end -->` in README.md.
+
+    .venv/bin/python bench/report.py                 # print
+    .venv/bin/python bench/report.py --write-readme  # and rewrite the README section
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+import common
+
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+QUALITY_METRICS = (
+    ("compatibility_auc", "AUC"),
+    ("fitb_accuracy", "FITB (query)"),
+    ("fitb_accuracy_compat", "FITB (compat)"),
+    ("recall_at_10", "recall@10"),
+)
+
+
+def _load(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    results = json.loads(path.read_text())
+    if "date" not in results:  # a writer without the common header: the file's own date
+        mtime = datetime.fromtimestamp(path.stat().st_mtime, timezone.utc)
+        results["date"] = mtime.isoformat(timespec="seconds")
+    return results
+
+
+def _section(title: str, results: dict, cols, rows, notes=()) -> str:
+    table = common.markdown_table(cols, rows)
+    parts = [f"### {title}", "", f"*{common.describe(results)}*", "", table]
+    notes = [n for n in notes if n]
+    if notes:
+        parts += ["", *notes]
+    return "\n".join(parts)
+
+
+# ---------------------------------------------------------------- per result file
+
+
+def quality(results: dict) -> str:
+    """bench/quality_local.py's JSON: versions -> models -> {valid, test} metrics."""
+    cols = ["version", "model", *(label for _, label in QUALITY_METRICS), "s/epoch"]
+    rows = []
+    for version, per_model in results.get("versions", {}).items():
+        for name in results.get("models", []):
+            entry = per_model.get(name, {})
+            test = entry.get("test", {})
+            rows.append(
+                [version, name]
+                + [common.fmt(test.get(key), 3) for key, _ in QUALITY_METRICS]
+                + [common.fmt(entry.get("epoch_seconds"))]
+            )
+    args = results.get("args", {})
+    note = (
+        f"Test split of `{args.get('data', results.get('data', '?'))}`; hybrid epochs "
+        f"{args.get('epochs', '?')}, sun2020 epochs {args.get('sun_epochs', '?')}, towers "
+        f"pre-trained {args.get('pretrain_epochs', '?')} epochs, seed {args.get('seed', '?')}."
+    )
+    return _section("Quality (synthetic catalog)", results, cols, rows, [note])
+
+
+def training(results: dict) -> str:
+    import train_throughput
+
+    a = results["args"]
+    note = (
+        f"hybrid-tiny on {a['outfits']} synthetic outfits, batch {a['batch_size']} per worker; "
+        f"`÷ bare 1` = rate / the bare loop on one thread (the limit per CPU), so 2 workers "
+        f"would ideally read 2.00×. `input build` = share of the bare step spent building inputs "
+        f"(feature lookup, or JPEG decode + tokenise). `wall s` = the whole Ray run (worker "
+        f"start, {a['epochs']} / {a['e2e_epochs']} epochs with validation and checkpoints). "
+        f"DDP steps wait for the slower worker, so on a shared machine the 2-worker figure swings "
+        f"most with other jobs' load (the `load` column: 1-minute load average at the start)."
+    )
+    return _section("Training throughput", results, *train_throughput.table(results), [note])
+
+
+def embedding(results: dict) -> str:
+    import embed_throughput
+
+    note = (
+        f"{results['items']:,} catalog items, batch {results['args']['batch_size']}; "
+        f"{embed_throughput.stage_line(results)}."
+    )
+    return _section("Embedding throughput", results, *embed_throughput.table(results), [note])
+
+
+def serving(results: dict) -> str:
+    """bench/serve_load.py's JSON (its own format)."""
+    cols = [
+        "target",
+        "endpoint",
+        "concurrency",
+        "req/s",
+        "p50 ms",
+        "p95 ms",
+        "p99 ms",
+        "fail",
+        "÷ bare",
+    ]
+    rows = [
+        [
+            name,
+            f"`{r['endpoint']}`",
+            str(r["concurrency"]),
+            common.fmt(r["rps"]),
+            common.fmt(r["p50_ms"]),
+            common.fmt(r["p95_ms"]),
+            common.fmt(r["p99_ms"]),
+            str(r["failures"]),
+            f"{r['ratio_to_bare']:.3f}" if "ratio_to_bare" in r else "—",
+        ]
+        for name, target_rows in results.get("targets", {}).items()
+        for r in target_rows
+    ]
+    bare = ", ".join(f"{k} {v:,.0f}" for k, v in results.get("bare_model", {}).items())
+    note = (
+        f"{results.get('requests_per_level', '?')} requests per level on 127.0.0.1. "
+        f"`÷ bare` = req/s / the bare model's batch-32 rate of the same work (per second: {bare})."
+    )
+    return _section("Serving load", results, cols, rows, [note])
+
+
+def index(results: dict) -> str:
+    import index as index_bench
+
+    a = results["args"]
+    note = (
+        f"Clustered unit vectors; {a['queries']} queries per batch, {a['single']} one at a time, "
+        f"{a['platform_queries']} through `CatalogIndex.search`; faiss "
+        f"{results.get('faiss', {}).get('version', '?')}, search threads {a['search_threads']}, "
+        f"build threads {a['build_threads'] or 'all'}. Recall@{a['k']} against flat (exact)."
+    )
+    return _section("faiss index kinds", results, *index_bench.table(results), [note])
+
+
+SECTIONS: list[tuple[tuple[str, ...], Callable[[dict], str]]] = [
+    (("quality.json", "quality_local.json"), quality),
+    (("train_throughput.json",), training),
+    (("embed_throughput.json",), embedding),
+    (("serve_load.json",), serving),
+    (("index.json",), index),
+]
+
+
+def render(results_dir: Path) -> str:
+    """The markdown of every result file present in `results_dir`."""
+    parts = [
+        "(generated by `python bench/report.py --write-readme` from `bench/results/*.json`; "
+        "how to run each benchmark: [bench/README.md](bench/README.md))"
+    ]
+    for names, section in SECTIONS:
+        for name in names:
+            results = _load(results_dir / name)
+            if results is not None:
+                parts.append(section(results))
+                break
+    return "\n\n".join(parts)
+
+
+def write_readme(readme: Path, markdown: str) -> None:
+    text = readme.read_text()
+    if BEGIN not in text or END not in text or text.index(BEGIN) > text.index(END):
+        raise SystemExit(f"{readme} needs the markers {BEGIN} and {END}, in that order")
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    readme.write_text(f"{head}{BEGIN}\n{markdown}\n{END}{tail}")
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--results", type=Path, default=common.RESULTS)
+    p.add_argument("--readme", type=Path, default=common.ROOT / "README.md")
+    p.add_argument("--write-readme", action="store_true", help="rewrite the README section")
+    args = p.parse_args(argv)
+    markdown = render(args.results)
+    print(markdown)
+    if args.write_readme:
+        write_readme(args.readme, markdown)
+        print(f"\nwrote the results section of {args.readme}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
