@@ -103,8 +103,14 @@ def clip_pretrain(
     version: str = typer.Option("nondisjoint", "--version", help="Split whose train items train."),
     batch_size: int = typer.Option(128, "--batch-size"),
     lr: float = typer.Option(1e-3, "--lr"),
+    text_view_weight: float = typer.Option(
+        1.0,
+        "--text-view-weight",
+        help="Weight of the text/text contrast of word-dropped views, which keeps the words no "
+        "image shows (style, material) in the text features; 0 = the plain CLIP loss.",
+    ),
 ) -> None:
-    """Pre-train CLIP towers on the catalog's image/title pairs (use: clip.pretrained=OUT)."""
+    """Pre-train CLIP towers on the catalog's image/text pairs (use: clip.pretrained=OUT)."""
     from rich.progress import Progress
 
     from outfitter.data import DatasetError, load_catalog
@@ -126,7 +132,8 @@ def clip_pretrain(
                            description=f"clip-pretrain loss {info['loss']:.3f}")  # fmt: skip
 
             result = pretrain(catalog, cfg, out, epochs, train_ids=train_ids, heldout_ids=held,
-                              batch_size=batch_size, lr=lr, progress=report)  # fmt: skip
+                              batch_size=batch_size, lr=lr, text_view_weight=text_view_weight,
+                              progress=report)  # fmt: skip
     except (DatasetError, TowerWeightsError, ValueError, FileNotFoundError) as e:
         _fail(str(e))
     before = result["before"]

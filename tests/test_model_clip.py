@@ -88,3 +88,37 @@ def test_frozen_image_tower_keeps_cached_features_when_text_is_finetuned(synth_d
     vecs.sum().backward()
     assert model.clip.token_embedding.weight.grad is not None
     assert model.clip.visual.conv1.weight.grad is None
+
+
+def test_word_dropout_keeps_a_word_and_follows_the_rate():
+    import numpy as np
+
+    from outfitter.model.clip_pretrain import word_dropout
+
+    rng = np.random.default_rng(0)
+    texts = ["tailored silk navy blazer. Made for the office."] * 400
+    assert word_dropout(texts[:3], 0.0, rng) == texts[:3]
+    dropped = word_dropout(texts, 0.3, rng)
+    kept = sum(len(t.split()) for t in dropped) / sum(len(t.split()) for t in texts)
+    assert 0.62 < kept < 0.78  # ~70 % of the words kept
+    assert all(t for t in word_dropout(["one", "two words"] * 50, 0.99, rng))
+    assert word_dropout([""], 0.5, rng) == [""]
+
+
+def test_text_view_loss_is_low_for_matching_views():
+    from outfitter.model.clip_pretrain import text_view_loss
+
+    a = torch.nn.functional.normalize(torch.randn(32, 16), dim=-1)
+    noisy = torch.nn.functional.normalize(a + 0.05 * torch.randn(32, 16), dim=-1)
+    matched, shuffled = (
+        text_view_loss(a, noisy, 0.05),
+        text_view_loss(a, noisy[torch.randperm(32)], 0.05),
+    )
+    assert matched < 0.1 < shuffled
+
+
+def test_pretrain_refuses_bad_text_view_settings(synth_dir, tmp_path):
+    catalog = load_catalog(synth_dir)
+    clip = load_config("hybrid-tiny").clip
+    with pytest.raises(ValueError, match="word_drop=1.0"):
+        pretrain(catalog, clip, tmp_path / "t.safetensors", 1, word_drop=1.0)

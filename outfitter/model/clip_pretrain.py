@@ -1,9 +1,16 @@
-"""Contrastive pre-training of CLIP towers on a catalog's image/title pairs (open_clip ClipLoss).
+"""Contrastive pre-training of CLIP towers on a catalog's image/text pairs (open_clip ClipLoss).
 
 So the demo's tiny towers start from features that mean something for this catalog instead of
 random ones. Trains on the items of the train split, reports image->text and text->image
 recall@1 on held-out items (items of no train outfit), and saves an open_clip state dict as
 safetensors, loadable with `clip.pretrained=<file>` (`open_clip.create_model_and_transforms`).
+
+Image/text contrast alone teaches the text tower only what the image shows: words the picture
+cannot confirm (style, material, occasion) carry no gradient and fade from the text features.
+A large CLIP keeps them because its text side has seen the web; a tiny one trained on one
+catalog does not. So the text tower also learns a text/text contrast between two word-dropped
+views of each item's text (SimCSE-style, Gao et al. 2021): telling items apart by their text
+needs every word, including the ones no image shows.
 """
 
 from __future__ import annotations
@@ -25,6 +32,23 @@ def _texts(catalog, ids: Sequence[str], text_field: str) -> list[str]:
     if text_field not in ("title", "text"):
         raise ValueError(f"text_field={text_field!r}: must be title or text")
     return [getattr(catalog.items[i], text_field) for i in ids]
+
+
+def word_dropout(texts: Sequence[str], p: float, rng: np.random.Generator) -> list[str]:
+    """Each text with every word dropped with probability `p` (at least one word kept)."""
+    out = []
+    for text in texts:
+        words = text.split()
+        kept = [w for w in words if rng.random() >= p]
+        out.append(" ".join(kept) if kept or not words else words[rng.integers(len(words))])
+    return out
+
+
+def text_view_loss(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Symmetric InfoNCE between two views (N, D) of the same N texts, L2-normalised."""
+    logits = a @ b.T / temperature  # (N, N)
+    target = torch.arange(len(a), device=a.device)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
 
 
 def _pixels(towers: Towers, catalog, ids: Sequence[str]) -> torch.Tensor:
@@ -62,7 +86,10 @@ def pretrain(
     heldout_ids: Sequence[str] | None = None,
     batch_size: int = 128,
     lr: float = 1e-3,
-    text_field: str = "title",
+    text_field: str = "text",
+    text_view_weight: float = 1.0,
+    word_drop: float = 0.3,
+    text_view_temperature: float = 0.05,
     seed: int = 0,
     progress: Callable[[int, int, dict], None] | None = None,
 ) -> dict:
@@ -79,6 +106,11 @@ def pretrain(
     from open_clip.loss import ClipLoss
     from safetensors.torch import save_file
 
+    if text_view_weight < 0 or not 0 <= word_drop < 1:
+        raise ValueError(
+            f"text_view_weight={text_view_weight}, word_drop={word_drop}: the weight must be >= 0 "
+            "and the share of dropped words in [0, 1)"
+        )
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     if train_ids is None or heldout_ids is None:
@@ -87,7 +119,8 @@ def pretrain(
         heldout_ids, train_ids = list(ids[:n_held]), list(ids[n_held:])
     towers = create_towers(cfg)
     pixels = _pixels(towers, catalog, train_ids)  # (N, 3, H, W)
-    tokens = towers.tokenize(_texts(catalog, train_ids, text_field))  # (N, L)
+    texts = _texts(catalog, train_ids, text_field)
+    tokens = towers.tokenize(texts)  # (N, L)
     held_pixels = _pixels(towers, catalog, heldout_ids)
     held_tokens = towers.tokenize(_texts(catalog, heldout_ids, text_field))
     before = retrieval_recall(towers, held_pixels, held_tokens)
@@ -108,6 +141,13 @@ def pretrain(
             image = F.normalize(model.encode_image(pixels[rows].float()), dim=-1)
             text = F.normalize(model.encode_text(tokens[rows]), dim=-1)
             value = loss_fn(image, text, model.logit_scale.exp())
+            if text_view_weight > 0:
+                batch_texts = [texts[r] for r in rows.tolist()]
+                views = [
+                    towers.tokenize(word_dropout(batch_texts, word_drop, rng)) for _ in range(2)
+                ]  # 2 x (B, L)
+                a, b = (F.normalize(model.encode_text(v), dim=-1) for v in views)
+                value = value + text_view_weight * text_view_loss(a, b, text_view_temperature)
             optimizer.zero_grad(set_to_none=True)
             value.backward()
             optimizer.step()
