@@ -194,8 +194,11 @@ def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str
 
 
 def _looks_numeric(cell: str) -> bool:
-    text = str(cell).replace(",", "").replace("×", "").replace("%", "").replace("±", "").strip()
-    return text in ("—", "") or text.replace(".", "", 1).replace(" ", "").lstrip("-").isdigit()
+    """A number, a ratio (`1.5×`), a share (`25%`), a mean ± std, or an em dash."""
+    parts = str(cell).replace(",", "").replace("×", "").replace("%", "").split("±")
+    return all(
+        (t := p.strip()) in ("—", "") or t.replace(".", "", 1).lstrip("-").isdigit() for p in parts
+    )
 
 
 def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]]) -> None:

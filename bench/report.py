@@ -20,12 +20,6 @@ from pathlib import Path
 import common
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
-QUALITY_METRICS = (
-    ("compatibility_auc", "AUC"),
-    ("fitb_accuracy", "FITB (query)"),
-    ("fitb_accuracy_compat", "FITB (compat)"),
-    ("recall_at_10", "recall@10"),
-)
 
 
 def _load(path: Path) -> dict | None:
@@ -51,25 +45,21 @@ def _section(title: str, results: dict, cols, rows, notes=()) -> str:
 
 
 def quality(results: dict) -> str:
-    """bench/quality_local.py's JSON: versions -> models -> {valid, test} metrics."""
-    cols = ["version", "model", *(label for _, label in QUALITY_METRICS), "s/epoch"]
-    rows = []
-    for version, per_model in results.get("versions", {}).items():
-        for name in results.get("models", []):
-            entry = per_model.get(name, {})
-            test = entry.get("test", {})
-            rows.append(
-                [version, name]
-                + [common.fmt(test.get(key), 3) for key, _ in QUALITY_METRICS]
-                + [common.fmt(entry.get("epoch_seconds"))]
-            )
-    args = results.get("args", {})
+    """bench/quality.py's JSON: runs per (version, model, seed) and their summary."""
+    import quality as quality_bench
+
+    a = results["args"]
+    pre = f"{a['pretrain_epochs']} epochs" if int(a["pretrain_epochs"]) > 0 else "not at all"
     note = (
-        f"Test split of `{args.get('data', results.get('data', '?'))}`; hybrid epochs "
-        f"{args.get('epochs', '?')}, sun2020 epochs {args.get('sun_epochs', '?')}, towers "
-        f"pre-trained {args.get('pretrain_epochs', '?')} epochs, seed {args.get('seed', '?')}."
+        f"Test split of the {results.get('data_note', a['data'])}; mean ± std over seeds (each "
+        f"seed re-trains the towers and the models). Hybrid configs {a['epochs']} epochs on "
+        f"frozen tiny CLIP towers pre-trained {pre} by `clip-pretrain` (text/text view weight "
+        f"{a['text_view_weight']}); sun2020-tiny {a['sun_epochs']} epochs end to end. "
+        "FITB (query): the target-token query vs the 4 candidates; FITB (compat): the "
+        "compatibility score of each completed outfit; recall@10 of the held-out item among "
+        "all catalog items of its category. s/epoch on one CPU thread."
     )
-    return _section("Quality (synthetic catalog)", results, cols, rows, [note])
+    return _section("Quality (synthetic catalog)", results, *quality_bench.table(results), [note])
 
 
 def training(results: dict) -> str:
@@ -100,38 +90,14 @@ def embedding(results: dict) -> str:
 
 def serving(results: dict) -> str:
     """bench/serve_load.py's JSON (its own format)."""
-    cols = [
-        "target",
-        "endpoint",
-        "concurrency",
-        "req/s",
-        "p50 ms",
-        "p95 ms",
-        "p99 ms",
-        "fail",
-        "÷ bare",
-    ]
-    rows = [
-        [
-            name,
-            f"`{r['endpoint']}`",
-            str(r["concurrency"]),
-            common.fmt(r["rps"]),
-            common.fmt(r["p50_ms"]),
-            common.fmt(r["p95_ms"]),
-            common.fmt(r["p99_ms"]),
-            str(r["failures"]),
-            f"{r['ratio_to_bare']:.3f}" if "ratio_to_bare" in r else "—",
-        ]
-        for name, target_rows in results.get("targets", {}).items()
-        for r in target_rows
-    ]
+    import serve_load
+
     bare = ", ".join(f"{k} {v:,.0f}" for k, v in results.get("bare_model", {}).items())
     note = (
         f"{results.get('requests_per_level', '?')} requests per level on 127.0.0.1. "
         f"`÷ bare` = req/s / the bare model's batch-32 rate of the same work (per second: {bare})."
     )
-    return _section("Serving load", results, cols, rows, [note])
+    return _section("Serving load", results, *serve_load.table(results), [note])
 
 
 def index(results: dict) -> str:
@@ -148,7 +114,7 @@ def index(results: dict) -> str:
 
 
 SECTIONS: list[tuple[tuple[str, ...], Callable[[dict], str]]] = [
-    (("quality.json", "quality_local.json"), quality),
+    (("quality.json",), quality),
     (("train_throughput.json",), training),
     (("embed_throughput.json",), embedding),
     (("serve_load.json",), serving),

@@ -313,38 +313,36 @@ def _add_ratios(results: dict) -> None:
             row["ratio_to_bare"] = row["rps"] / limit[row["endpoint"]]
 
 
-def _print_table(results: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
+COLUMNS = ("target", "endpoint", "concurrency", "req/s", "p50 ms", "p95 ms", "p99 ms", "fail",
+           "÷ bare")  # fmt: skip
 
-    table = Table(title=f"serving load, {results['machine']['cpus']} CPUs, {results['date']}")
-    for col in (
-        "target",
-        "endpoint",
-        "conc.",
-        "req/s",
-        "p50 ms",
-        "p95 ms",
-        "p99 ms",
-        "fail",
-        "÷ bare",
-    ):
-        table.add_column(col, justify="right" if col not in ("target", "endpoint") else "left")
-    for name, rows in results["targets"].items():
-        for r in rows:
-            table.add_row(
-                name,
-                r["endpoint"],
-                str(r["concurrency"]),
-                f"{r['rps']:.1f}",
-                f"{r['p50_ms']:.1f}",
-                f"{r['p95_ms']:.1f}",
-                f"{r['p99_ms']:.1f}",
-                str(r["failures"]),
-                f"{r['ratio_to_bare']:.3f}",
-            )
-    Console().print(table)
-    Console().print({k: round(v, 1) for k, v in results["bare_model"].items()})
+
+def table(results: dict) -> tuple[tuple[str, ...], list[list[str]]]:
+    """(columns, rows) of the results: one row per target, endpoint and concurrency."""
+    rows = [
+        [
+            name,
+            f"`{r['endpoint']}`",
+            str(r["concurrency"]),
+            f"{r['rps']:,.1f}",
+            f"{r['p50_ms']:,.1f}",
+            f"{r['p95_ms']:,.1f}",
+            f"{r['p99_ms']:,.1f}",
+            str(r["failures"]),
+            f"{r['ratio_to_bare']:.3f}" if "ratio_to_bare" in r else "—",
+        ]
+        for name, target_rows in results.get("targets", {}).items()
+        for r in target_rows
+    ]
+    return COLUMNS, rows
+
+
+def _print_table(results: dict) -> None:
+    from common import print_table
+
+    print_table(f"serving load, {results['machine']['cpus']} CPUs, {results['date']}",
+                *table(results))  # fmt: skip
+    print({k: round(v, 1) for k, v in results["bare_model"].items()})
 
 
 if __name__ == "__main__":
