@@ -54,11 +54,10 @@ def bare_setup(cfg, data: Path, features, *, batch_size: int, device: str, seed:
     import torch
     from torch.utils.data import DataLoader
 
-    from outfitter.data import datasets as D
     from outfitter.data import load_catalog, load_split
     from outfitter.model.factory import build_model
     from outfitter.model.inputs import InputBuilder
-    from outfitter.model.task import build_task, make_optimizer
+    from outfitter.model.task import build_task, make_datasets, make_optimizer
 
     torch.manual_seed(seed)
     catalog = load_catalog(data)
@@ -67,18 +66,13 @@ def bare_setup(cfg, data: Path, features, *, batch_size: int, device: str, seed:
     task = build_task(model, cfg).to(device)
     builder = InputBuilder.for_model(model, catalog, features, seed=seed)
     builder.set_negative_pool(sorted({i for o in train.outfits for i in o.item_ids}))
-    datasets = {  # what EpochRunner._loaders builds for a hybrid model
-        "compatibility": (
-            D.CompatibilityDataset(train, catalog, seed=seed),
-            D.collate_compatibility,
-        ),
-        "retrieval": (D.RetrievalDataset(train, catalog, seed=seed), D.collate_retrieval),
-    }
+    cfg = cfg.replace({"optim.batch_size": batch_size})
+    datasets = make_datasets(cfg, train, catalog, seed=seed)  # what EpochRunner._loaders uses
     loaders = {
-        k: DataLoader(ds, batch_size=batch_size, shuffle=True, collate_fn=collate, drop_last=True)
-        for k, (ds, collate) in datasets.items()
+        k: DataLoader(ds, batch_size=bs, shuffle=True, collate_fn=collate, drop_last=True)
+        for k, (ds, collate, bs) in datasets.items()
     }
-    return task, make_optimizer(cfg, model), builder, [d for d, _ in datasets.values()], loaders
+    return task, make_optimizer(cfg, model), builder, [d for d, *_ in datasets.values()], loaders
 
 
 def bare_loop(

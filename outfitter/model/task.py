@@ -3,13 +3,17 @@
 A training batch is `{"compatibility": b1, "retrieval": b2}` (either may be absent; sun2020 also
 takes `"triplets"` from the data layer's pair dataset), each already through `InputBuilder`.
 Every `*_loss` entry is already weighted by the config, so the total (`out["loss"]`) is their sum.
-`make_optimizer` and `train_step` are the per-step pieces any loop (local or Ray Train) reuses.
+`make_datasets`, `make_optimizer` and `train_step` are the pieces any loop (local or Ray Train)
+reuses.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import nn
+from torch.utils.data import ConcatDataset
 
 from outfitter.model.config import ModelConfig
 from outfitter.model.losses import compatibility_loss, retrieval_loss, weighted_triplet_loss
@@ -103,6 +107,37 @@ class OutfitTask(nn.Module):
             b["weight"].to(vecs.dtype), self.cfg.loss.triplet_margin,
         )  # fmt: skip
         return {key: self.cfg.loss.triplet_weight * loss}
+
+
+def make_datasets(cfg: ModelConfig, split, catalog, *, seed: int = 0) -> dict:
+    """`{task: (dataset, collate_fn, batch_size)}` of the tasks `cfg.kind` trains on.
+
+    hybrid: compatibility (outfits + same-category swap negatives) and retrieval (held-out item);
+    sun2020: the outfit pair triplets with compatibility weights (`PairDataset.from_split`).
+    """
+    from outfitter.data import datasets as ds
+
+    bs = cfg.optim.batch_size
+    if cfg.kind == "sun2020":
+        pairs = ds.PairDataset.from_split(split, catalog, seed=seed)
+        return {"triplets": (pairs, ds.collate_pairs, 4 * bs)}
+    compat = ds.CompatibilityDataset(
+        replace(split, compatibility=[]), catalog, negatives_per_positive=1, seed=seed
+    )  # outfits + same-category swaps resampled every epoch
+    if split.compatibility:  # the split's own task file too (hard negatives), when it has one
+        compat = EpochConcat([compat, ds.CompatibilityDataset(split, catalog, seed=seed)])
+    return {
+        "compatibility": (compat, ds.collate_compatibility, len(compat) * bs // len(split.outfits)),
+        "retrieval": (ds.RetrievalDataset(split, catalog, seed=seed), ds.collate_retrieval, bs),
+    }
+
+
+class EpochConcat(ConcatDataset):
+    """ConcatDataset that forwards `set_epoch` to its parts."""
+
+    def set_epoch(self, epoch: int) -> None:
+        for part in self.datasets:
+            part.set_epoch(epoch)
 
 
 def build_task(model: nn.Module, cfg: ModelConfig) -> OutfitTask:

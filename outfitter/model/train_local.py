@@ -1,54 +1,24 @@
 """A small plain-PyTorch training loop (one process, no Ray) for tests, benchmarks and debugging.
 
-The Ray Train loop (`outfitter.platform.train`) reuses the same pieces: `make_datasets` (which
-datasets a model kind trains on), `InputBuilder`, `OutfitTask`, `make_optimizer`, `train_step`.
+The Ray Train loop (`outfitter.platform.loop`) reuses the same pieces: `make_datasets` (which
+samples a model kind trains on), `InputBuilder`, `OutfitTask`, `make_optimizer`; so what the
+benchmarks measure with this loop is what the platform trains.
 """
 
 from __future__ import annotations
 
 import itertools
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch.utils.data import ConcatDataset, DataLoader
+from torch.utils.data import DataLoader
 
 from outfitter.model.config import ModelConfig
 from outfitter.model.factory import build_model, build_vocab
 from outfitter.model.inputs import InputBuilder
-from outfitter.model.task import OutfitTask, make_optimizer, train_step
-
-
-def make_datasets(cfg: ModelConfig, split, catalog, *, seed: int = 0) -> dict:
-    """`{task: (dataset, collate_fn, batch_size)}` of the tasks `cfg.kind` trains on.
-
-    hybrid: compatibility (outfits + same-category swap negatives) and retrieval (held-out item);
-    sun2020: the outfit pair triplets with compatibility weights (`PairDataset.from_split`).
-    """
-    from outfitter.data import datasets as ds
-
-    bs = cfg.optim.batch_size
-    if cfg.kind == "sun2020":
-        pairs = ds.PairDataset.from_split(split, catalog, seed=seed)
-        return {"triplets": (pairs, ds.collate_pairs, 4 * bs)}
-    compat = ds.CompatibilityDataset(
-        replace(split, compatibility=[]), catalog, negatives_per_positive=1, seed=seed
-    )  # outfits + same-category swaps resampled every epoch
-    if split.compatibility:  # the split's own task file too (hard negatives), when it has one
-        compat = EpochConcat([compat, ds.CompatibilityDataset(split, catalog, seed=seed)])
-    return {
-        "compatibility": (compat, ds.collate_compatibility, len(compat) * bs // len(split.outfits)),
-        "retrieval": (ds.RetrievalDataset(split, catalog, seed=seed), ds.collate_retrieval, bs),
-    }
-
-
-class EpochConcat(ConcatDataset):
-    """ConcatDataset that forwards `set_epoch` to its parts."""
-
-    def set_epoch(self, epoch: int) -> None:
-        for part in self.datasets:
-            part.set_epoch(epoch)
+from outfitter.model.task import OutfitTask, make_datasets, make_optimizer, train_step
 
 
 def split_items(split) -> list[str]:

@@ -57,6 +57,7 @@ class EpochRunner:
         model_cfg = model_cfg.replace(
             {
                 "optim.lr": settings.lr,
+                "optim.batch_size": settings.batch_size,
                 "optim.weight_decay": settings.weight_decay,
                 "optim.grad_clip": settings.grad_clip,
             }
@@ -126,42 +127,27 @@ class EpochRunner:
         )
 
     def _loaders(self):
-        from outfitter.data import datasets as D
+        """Each task's samples (`make_datasets`, the recipe of the local loop too), sharded."""
+        from outfitter.model.task import make_datasets
 
-        seed = self.settings.seed
-        made = {}
-        for kind in self.task.tasks:
-            if kind == "compatibility":
-                made[kind] = (
-                    D.CompatibilityDataset(self.train_split, self.catalog, seed=seed),
-                    D.collate_compatibility,
-                )
-            elif kind == "retrieval":
-                made[kind] = (
-                    D.RetrievalDataset(self.train_split, self.catalog, seed=seed, train=True),
-                    D.collate_retrieval,
-                )
-            elif kind == "triplets":
-                made[kind] = (
-                    D.PairDataset(self.train_split, self.catalog, seed=seed),
-                    D.collate_pairs,
-                )
-            else:
-                raise ValueError(f"task asks for batches of unknown kind {kind!r}")
+        made = make_datasets(self.cfg, self.train_split, self.catalog, seed=self.settings.seed)
+        missing = set(self.task.tasks) - set(made)
+        if missing:
+            raise ValueError(f"task asks for batches of kinds {sorted(missing)} with no dataset")
         datasets, loaders = {}, {}
-        for kind, (dataset, collate) in made.items():
+        for kind, (dataset, collate, batch_size) in made.items():
             sampler = DistributedSampler(
                 dataset,
                 num_replicas=self.world,
                 rank=self.rank,
                 shuffle=True,
-                seed=seed,
+                seed=self.settings.seed,
                 drop_last=True,
             )
             datasets[kind] = (dataset, sampler)
             loaders[kind] = DataLoader(
                 dataset,
-                batch_size=self.settings.batch_size,
+                batch_size=batch_size,
                 sampler=sampler,
                 collate_fn=collate,
                 drop_last=True,
@@ -189,6 +175,7 @@ class EpochRunner:
             sampler.set_epoch(epoch)
             if hasattr(dataset, "set_epoch"):
                 dataset.set_epoch(epoch)
+        self.seed_epoch(epoch)
         self.wrapped.train()
         sums: dict[str, float] = {}
         t0, samples = time.perf_counter(), 0
@@ -216,6 +203,14 @@ class EpochRunner:
         metrics["train_outfits_per_s"] = samples * self.world / max(seconds, 1e-9)
         metrics["lr"] = self.scheduler.get_last_lr()[0]
         return metrics
+
+    def seed_epoch(self, epoch: int) -> None:
+        """Every random draw of an epoch (dropout, retrieval negatives, target prompts) from
+        (seed, rank, epoch) alone, as the datasets and samplers already are: an epoch replayed
+        after a restart from a checkpoint is the epoch an uninterrupted run trained."""
+        seeds = np.random.SeedSequence([self.settings.seed, self.rank, epoch])
+        torch.manual_seed(int(seeds.generate_state(1, np.uint64)[0] >> 1))
+        self.builder.rng = np.random.default_rng(seeds)
 
     @torch.no_grad()
     def validate(self) -> dict:
@@ -258,8 +253,7 @@ class EpochRunner:
             "scheduler": self.scheduler.state_dict(),
             "best": self.best,
             "bad_epochs": self.bad_epochs,
-            "rng": np.random.get_state()[1].tolist()[:4],
-        }
+        }  # no RNG state: each epoch seeds itself (seed_epoch)
         torch.save(state, directory / STATE_FILE)
 
     def restore(self, checkpoint) -> int:
