@@ -122,7 +122,8 @@ def _train_worker_pids() -> list[int]:
 
 @pytest.mark.slow
 def test_killed_worker_resumes_from_last_checkpoint(trained, synth_dir):
-    """SIGKILL a Train worker after the first checkpoint: the run finishes, restarted from it."""
+    """SIGKILL a Train worker after the first checkpoint: the run finishes, restarted from it,
+    with the metrics of the same run uninterrupted."""
     from outfitter.platform.runs import train_and_register
 
     work, _ = trained
@@ -158,10 +159,19 @@ def test_killed_worker_resumes_from_last_checkpoint(trained, synth_dir):
     assert max(resumed) >= 1, (
         f"the restarted group did not resume from a checkpoint: {resumed} {epochs} killed {pids}"
     )
-    epochs = [h["epoch"] for h in history]
     assert len(epochs) - len(set(epochs)) <= 1, (
         f"more than the epoch in flight was repeated: {epochs}"
     )
+    # The same run without the kill: the resumed run ends with the same weights, so the same
+    # losses and validation metrics (each epoch's randomness depends on the epoch alone).
+    reference = train_and_register(
+        "hybrid-tiny", synth_dir, settings.with_overrides(run_name="uninterrupted"), workdir=work,
+        overrides=TINY,
+    )  # fmt: skip
+    assert [h["epoch"] for h in reference.history] == [1, 2, 3, 4, 5]
+    killed_last, reference_last = history[-1], reference.history[-1]
+    for key in ("train_loss", "valid_compatibility_auc", "valid_fitb_accuracy"):
+        assert killed_last[key] == pytest.approx(reference_last[key], abs=1e-4), key
 
 
 def _free_port() -> int:
@@ -234,3 +244,21 @@ def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
         except OSError:
             time.sleep(0.5)
     raise TimeoutError(f"{url} did not answer in {timeout}s")
+
+
+def test_epoch_progress_shows_the_epochs_logged_to_mlflow(tmp_path, capsys):
+    import mlflow
+
+    from outfitter.platform.runs import EpochProgress
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    run_id = client.create_run(client.create_experiment("progress")).info.run_id
+    for epoch, auc in ((1, 0.61), (2, 0.74)):
+        client.log_metric(run_id, "epoch", epoch, step=epoch)
+        client.log_metric(run_id, "train_loss", 3.0 / epoch, step=epoch)
+        client.log_metric(run_id, "valid_compatibility_auc", auc, step=epoch)
+    with EpochProgress(uri, run_id, 30, "valid_compatibility_auc", every_s=0.05):
+        time.sleep(0.5)
+    out = capsys.readouterr().out
+    assert "epoch 2/30" in out and "loss 1.500" in out and "valid_compatibility_auc 0.740" in out
