@@ -8,6 +8,7 @@ Ray run, and found again on a re-run of the same command, so a resumed run keeps
 from __future__ import annotations
 
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +29,62 @@ class TrainOutcome:
     test: dict = field(default_factory=dict)
     history: list = field(default_factory=list)
     promoted: bool = False
+
+
+class EpochProgress:
+    """A progress bar of the epochs of a run, read from the metrics rank 0 logs to MLflow.
+
+    The driver only waits in `trainer.fit()`; the workers report to Ray's controller. MLflow is
+    where every epoch lands anyway, so a thread polls it: no extra channel from the workers.
+    """
+
+    def __init__(self, tracking_uri: str, run_id: str, epochs: int, monitor: str, every_s=1.0):
+        self.tracking_uri, self.run_id, self.epochs, self.monitor = (
+            tracking_uri, run_id, epochs, monitor,
+        )  # fmt: skip
+        self.every_s, self._stop = every_s, threading.Event()
+
+    def __enter__(self) -> EpochProgress:
+        self._thread = threading.Thread(target=self._watch, name="epoch-progress", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _watch(self) -> None:
+        from mlflow import MlflowClient
+        from rich.progress import Progress
+
+        client = MlflowClient(tracking_uri=self.tracking_uri)
+        with Progress(transient=False) as bar:
+            task = bar.add_task("training: starting the workers", total=self.epochs)
+            while not self._stop.wait(self.every_s):
+                try:
+                    metrics = client.get_run(self.run_id).data.metrics
+                except Exception:  # a busy store: try again at the next tick
+                    continue
+                if "epoch" in metrics:
+                    bar.update(
+                        task, completed=metrics["epoch"], description=self._describe(metrics)
+                    )
+            try:  # the last epoch may land between two ticks
+                metrics = client.get_run(self.run_id).data.metrics
+                bar.update(
+                    task, completed=metrics.get("epoch", 0), description=self._describe(metrics)
+                )
+            except Exception:
+                pass
+
+    def _describe(self, metrics: dict) -> str:
+        epoch = int(metrics.get("epoch", 0))
+        parts = [f"training: epoch {epoch}/{self.epochs}"]
+        if "train_loss" in metrics:
+            parts.append(f"loss {metrics['train_loss']:.3f}")
+        if self.monitor in metrics:
+            parts.append(f"{self.monitor} {metrics[self.monitor]:.3f}")
+        return " · ".join(parts)
 
 
 def prepare_inputs(model_cfg, data_dir: Path, *, cache_dir: Path | None = None) -> dict:
@@ -114,7 +171,8 @@ def train_and_register(
         config = loop_config(
             model_cfg, settings, inputs, {"tracking_uri": tracking_uri, "run_id": run_id}
         )
-        result = build_trainer(config, settings).fit()
+        with EpochProgress(tracking_uri, run_id, settings.epochs, settings.monitor):
+            result = build_trainer(config, settings).fit()
         best = best_checkpoint_dir(result, settings)
         history = _history(run_id)
         valid, test = _final_evaluation(best, inputs, settings.version)
