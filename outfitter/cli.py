@@ -242,6 +242,9 @@ def train(
     max_steps: int = typer.Option(
         0, "--max-steps-per-epoch", help="Cap steps per epoch (0 = full)."
     ),
+    patience: int | None = typer.Option(
+        None, "--patience", help="Early stopping: epochs without a better valid AUC (0 = off)."
+    ),
 ) -> None:
     """Train on Ray Train, evaluate, log to MLflow and register a version (alias challenger)."""
     import json
@@ -259,6 +262,7 @@ def train(
             lr=lr,
             version=version,
             max_steps_per_epoch=max_steps,
+            patience=patience,
             storage_path=storage_path or str(workdir / "ray_results"),
             run_name=run_name or f"{Path(model_config).stem}-{version}",
         )

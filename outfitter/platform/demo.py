@@ -24,8 +24,9 @@ class DemoConfig:
     outfits: int = 2000  # synthetic outfits (all splits)
     image_size: int = 64  # rendered image side
     clip_epochs: int = 6  # CLIP pre-training passes over the train items
-    train_epochs: int = 8  # Ray Train epochs (early stopping may end sooner)
-    batch_size: int = 64  # outfits per worker step
+    train_epochs: int = 30  # Ray Train epochs (early stopping may end sooner)
+    batch_size: int = 32  # outfits per worker step (2 workers: 64 per optimiser step)
+    patience: int = 5  # epochs without a better valid AUC before stopping
     max_steps_per_epoch: int = 0  # 0 = full passes
     workers: int = 2  # Ray Train workers
 
@@ -38,6 +39,7 @@ class DemoConfig:
             train_epochs=2,
             batch_size=16,
             max_steps_per_epoch=6,
+            patience=0,
         )
 
 
@@ -197,7 +199,7 @@ def _train(data: Path, workdir: Path, overrides: dict, cfg: DemoConfig, seed: in
         max_steps_per_epoch=cfg.max_steps_per_epoch,
         storage_path=str(workdir / "ray_results"),
         run_name=f"demo-{time.strftime('%Y%m%d-%H%M%S')}",
-        patience=3,
+        patience=cfg.patience,
     )
     return train_and_register("hybrid-tiny", data, settings, workdir=workdir, overrides=overrides)
 
