@@ -212,7 +212,7 @@ def main() -> None:
     parser.add_argument("--versions", default="nondisjoint,disjoint")
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--epochs", type=int, default=30, help="hybrid epochs")
+    parser.add_argument("--epochs", type=int, default=100, help="hybrid epochs")
     parser.add_argument("--sun-epochs", type=int, default=10, help="sun2020 epochs")
     parser.add_argument("--pretrain-epochs", type=int, default=10, help="0 = random towers")
     parser.add_argument(
