@@ -35,6 +35,8 @@ def test_quick_demo_runs_every_stage(ray_session, tmp_path, monkeypatch):
     assert len(stages) == 9 and all(seconds > 0 for seconds in stages.values())
     for text in (
         "POST /v1/compatibility",
+        "the FITB question's candidates",
+        "<- true",
         "POST /v1/retrieve",
         "POST /v1/complete",
         "GET /v1/items",

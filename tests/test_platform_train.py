@@ -128,7 +128,7 @@ def test_killed_worker_resumes_from_last_checkpoint(trained, synth_dir):
 
     work, _ = trained
     # Small batches make each epoch take a few seconds, so the kill lands mid-run.
-    settings = _settings(work, "killed", epochs=5, batch_size=4, max_steps_per_epoch=0)
+    settings = _settings(work, "killed", epochs=5, batch_size=4, max_steps_per_epoch=24)
     storage = Path(settings.storage_path) / "killed"
     box: dict = {}
 

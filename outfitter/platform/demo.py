@@ -14,6 +14,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from outfitter.platform import demo_show as show
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -109,10 +111,10 @@ def run_demo(
     )
     stages.run("6. faiss index + promotion to champion", _index_and_promote, outcome, data)
     url = stages.run("7. Ray Serve", _serve, workdir, data, port)
-    responses = stages.run("8. HTTP requests", _requests, url, data)
+    responses = stages.run("8. HTTP requests", show.requests, url, data)
     for name, text in responses["printed"]:
         console.print(f"[bold cyan]{name}[/]\n{text}")
-    picture = stages.run("9. picture", _picture, data, responses, workdir / "demo_results.png")
+    picture = stages.run("9. picture", show.picture, data, responses, workdir / "demo_results.png")
     summary = {
         "workdir": str(workdir),
         "model_version": outcome.model_version,
@@ -236,145 +238,6 @@ def _serve(workdir: Path, data: Path, port: int) -> str:
     prepared = launch.prepare_config(config, base=workdir)
     launch.deploy(prepared)
     return launch.url_of(prepared)
-
-
-def _requests(url: str, data: Path) -> dict:
-    """A few real requests to every endpoint, built from a test-split FITB question."""
-    import base64
-    import json
-
-    import httpx
-
-    from outfitter.data import load_catalog, load_split
-
-    catalog = load_catalog(data)
-    test = load_split(data, "nondisjoint", "test", catalog)
-    q = next(q for q in test.fitb if len(q.question) >= 2)
-    right, wrong = q.answers[q.correct], q.answers[(q.correct + 1) % len(q.answers)]
-    item = catalog.items[right]
-    ref = lambda ids: [{"item_id": i} for i in ids]  # noqa: E731
-    image_b64 = base64.b64encode(catalog.image_path(right).read_bytes()).decode()
-    calls = [
-        ("GET /healthz", "get", "/healthz", None),
-        ("GET /v1/model", "get", "/v1/model", None),
-        ("GET /v1/items?category=shoes&limit=3", "get", "/v1/items?category=shoes&limit=3", None),
-        (
-            "POST /v1/compatibility (a test outfit)",
-            "post",
-            "/v1/compatibility",
-            {"items": ref([*q.question, right])},
-        ),
-        (
-            "POST /v1/compatibility (one item swapped for a clash)",
-            "post",
-            "/v1/compatibility",
-            {"items": ref([*q.question, wrong])},
-        ),
-        (
-            f'POST /v1/retrieve ("{item.title}")',
-            "post",
-            "/v1/retrieve",
-            {
-                "items": ref(q.question),
-                "target": {"description": item.title, "category": item.category},
-                "k": 5,
-            },
-        ),
-        (
-            "POST /v1/complete (two blanks)",
-            "post",
-            "/v1/complete",
-            {
-                "items": ref(q.question[:1]),
-                "k": 3,
-                "targets": [
-                    {"description": item.title},
-                    {"description": catalog.items[q.question[1]].title},
-                ],
-            },
-        ),
-        (
-            "POST /v1/compatibility (a new item, not in the catalog)",
-            "post",
-            "/v1/compatibility",
-            {
-                "items": [
-                    *ref(q.question),
-                    {"title": item.title, "description": item.description, "image_b64": image_b64},
-                ]
-            },
-        ),
-    ]
-    raw, printed = {}, []
-    with httpx.Client(base_url=url, timeout=120) as client:
-        for name, method, path, body in calls:
-            response = client.request(method.upper(), path, json=body)
-            if response.status_code != 200:
-                raise RuntimeError(f"{name} answered {response.status_code}: {response.text[:300]}")
-            raw[name] = response.json()
-            printed.append((name, _compact(json.dumps(raw[name], indent=1))))
-        image = client.get(f"/v1/items/{right}/image")
-        printed.append(
-            (
-                f"GET /v1/items/{right}/image",
-                f"{image.status_code} {image.headers.get('content-type')} "
-                f"{len(image.content)} bytes",
-            )
-        )
-    return {"raw": raw, "printed": printed, "question": q, "right": right, "wrong": wrong}
-
-
-def _compact(text: str, limit: int = 900) -> str:
-    return text if len(text) <= limit else text[:limit] + " …"
-
-
-def _picture(data: Path, responses: dict, out: Path) -> Path:
-    """The outfit with its score, the clash, and the retrieved items for the described piece."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from outfitter.data import load_catalog
-    from outfitter.data.images import load_image
-
-    catalog = load_catalog(data)
-    q, right, wrong = responses["question"], responses["right"], responses["wrong"]
-    raw = list(responses["raw"].values())
-    good, clash, retrieved = raw[3], raw[4], raw[5]["items"]
-    rows = [
-        ([*q.question, right], f"outfit: score {good['score']:.2f}", {right: "green"}),
-        ([*q.question, wrong], f"clash swapped in: score {clash['score']:.2f}", {wrong: "red"}),
-        (
-            [r["item_id"] for r in retrieved],
-            f'retrieved for "{catalog.items[right].title}"',
-            {right: "green"},
-        ),
-    ]
-    cols = max(len(ids) for ids, _, _ in rows)
-    fig, axes = plt.subplots(3, cols, figsize=(1.6 * cols, 6.2))
-    for r, (ids, title, boxes) in enumerate(rows):
-        axes[r][0].set_title(title, loc="left", fontsize=10, x=0)
-        for c in range(cols):
-            ax = axes[r][c]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if c >= len(ids):
-                ax.axis("off")
-                continue
-            ax.imshow(load_image(catalog.image_path(ids[c]), 96))
-            label = catalog.items[ids[c]].title[:22]
-            if r == 2:
-                label = f"{retrieved[c]['score']:.2f} {label}"
-            ax.set_xlabel(label, fontsize=6)
-            for spine in ax.spines.values():
-                spine.set_edgecolor(boxes.get(ids[c], "lightgrey"))
-                spine.set_linewidth(3 if ids[c] in boxes else 1)
-    fig.suptitle("Outfitter demo (green: the true item; red: the clash)", fontsize=11)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
 
 
 def _print_summary(console: Console, summary: dict, workdir: Path) -> None:

@@ -1,0 +1,188 @@
+"""What the demo shows: real HTTP requests to every endpoint, and `demo_results.png`.
+
+Both are built from the first test-split FITB question of the catalog, so a re-run shows the same
+outfit; the picture shows how the model answers it, right or wrong.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def requests(url: str, data: Path) -> dict:
+    """A few real requests to every endpoint, built from a test-split FITB question."""
+    import base64
+    import json
+
+    import httpx
+
+    from outfitter.data import load_catalog, load_split
+
+    catalog = load_catalog(data)
+    test = load_split(data, "nondisjoint", "test", catalog)
+    q = next(q for q in test.fitb if len(q.question) >= 2)
+    right, wrong = q.answers[q.correct], q.answers[(q.correct + 1) % len(q.answers)]
+    item = catalog.items[right]
+    ref = lambda ids: [{"item_id": i} for i in ids]  # noqa: E731
+    image_b64 = base64.b64encode(catalog.image_path(right).read_bytes()).decode()
+    calls = [
+        ("GET /healthz", "get", "/healthz", None),
+        ("GET /v1/model", "get", "/v1/model", None),
+        ("GET /v1/items?category=shoes&limit=3", "get", "/v1/items?category=shoes&limit=3", None),
+        (
+            "POST /v1/compatibility (a test outfit)",
+            "post",
+            "/v1/compatibility",
+            {"items": ref([*q.question, right])},
+        ),
+        (
+            "POST /v1/compatibility (one item swapped for a clash)",
+            "post",
+            "/v1/compatibility",
+            {"items": ref([*q.question, wrong])},
+        ),
+        (
+            f'POST /v1/retrieve ("{item.title}")',
+            "post",
+            "/v1/retrieve",
+            {
+                "items": ref(q.question),
+                "target": {"description": item.title, "category": item.category},
+                "k": 5,
+            },
+        ),
+        (
+            "POST /v1/complete (two blanks)",
+            "post",
+            "/v1/complete",
+            {
+                "items": ref(q.question[:1]),
+                "k": 3,
+                "targets": [
+                    {"description": item.title},
+                    {"description": catalog.items[q.question[1]].title},
+                ],
+            },
+        ),
+        (
+            "POST /v1/compatibility (a new item, not in the catalog)",
+            "post",
+            "/v1/compatibility",
+            {
+                "items": [
+                    *ref(q.question),
+                    {"title": item.title, "description": item.description, "image_b64": image_b64},
+                ]
+            },
+        ),
+    ]
+    raw, printed = {}, []
+    with httpx.Client(base_url=url, timeout=120) as client:
+
+        def call(name, method, path, body):
+            response = client.request(method.upper(), path, json=body)
+            if response.status_code != 200:
+                raise RuntimeError(f"{name} answered {response.status_code}: {response.text[:300]}")
+            return response.json()
+
+        for name, method, path, body in calls:
+            raw[name] = call(name, method, path, body)
+            printed.append((name, _compact(json.dumps(raw[name], indent=1))))
+        # The FITB question as the model answers it: each candidate completes the outfit.
+        candidates = [
+            (
+                a,
+                call("FITB", "post", "/v1/compatibility", {"items": ref([*q.question, a])})[
+                    "score"
+                ],
+            )
+            for a in q.answers
+        ]
+        printed.append(
+            (
+                "POST /v1/compatibility x4 (the FITB question's candidates)",
+                "\n".join(
+                    f"{catalog.items[a].title:<40} {score:.3f}{'  <- true' if a == right else ''}"
+                    for a, score in candidates
+                ),
+            )
+        )
+        image = client.get(f"/v1/items/{right}/image")
+        printed.append(
+            (
+                f"GET /v1/items/{right}/image",
+                f"{image.status_code} {image.headers.get('content-type')} "
+                f"{len(image.content)} bytes",
+            )
+        )
+    return {
+        "raw": raw,
+        "printed": printed,
+        "question": q,
+        "right": right,
+        "wrong": wrong,
+        "candidates": candidates,
+    }
+
+
+def _compact(text: str, limit: int = 900) -> str:
+    return text if len(text) <= limit else text[:limit] + " …"
+
+
+def picture(data: Path, responses: dict, out: Path) -> Path:
+    """A test FITB question as the model answers it, and the items retrieved for the blank."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from outfitter.data import load_catalog
+    from outfitter.data.images import load_image
+
+    catalog = load_catalog(data)
+    q, right = responses["question"], responses["right"]
+    candidates = responses["candidates"]  # [(item id, score of the completed outfit)]
+    pick = max(candidates, key=lambda c: c[1])[0]
+    retrieved = list(responses["raw"].values())[5]["items"]
+    wanted = catalog.items[right]
+    verdict = "right" if pick == right else "wrong"
+    rows = [
+        (list(q.question), "the outfit so far", {}, {}),
+        (
+            [a for a, _ in candidates],
+            f"fill in the blank: each candidate's outfit score (the model picks the highest: "
+            f"{verdict})",
+            {right: "green", **({pick: "red"} if pick != right else {})},
+            {a: f"{score:.3f}" for a, score in candidates},
+        ),
+        (
+            [r["item_id"] for r in retrieved],
+            f'retrieved for "{wanted.title}" ({wanted.category})',
+            {right: "green"},
+            {r["item_id"]: f"{r['score']:.2f}" for r in retrieved},
+        ),
+    ]
+    cols = max(len(ids) for ids, *_ in rows)
+    fig, axes = plt.subplots(len(rows), cols, figsize=(1.7 * cols, 2.1 * len(rows)))
+    for r, (ids, title, boxes, scores) in enumerate(rows):
+        axes[r][0].set_title(title, loc="left", fontsize=9, x=0)
+        for c in range(cols):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c >= len(ids):
+                ax.axis("off")
+                continue
+            item_id = ids[c]
+            ax.imshow(load_image(catalog.image_path(item_id), 96))
+            label = catalog.items[item_id].title[:24]
+            ax.set_xlabel(f"{scores[item_id]} {label}" if item_id in scores else label, fontsize=6)
+            for spine in ax.spines.values():
+                spine.set_edgecolor(boxes.get(item_id, "lightgrey"))
+                spine.set_linewidth(3 if item_id in boxes else 1)
+    miss = "; red: the model's wrong pick" if pick != right else ""
+    fig.suptitle(f"Outfitter demo, a test question (green: the true item{miss})", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
