@@ -131,6 +131,8 @@ def _compact(text: str, limit: int = 900) -> str:
 
 def picture(data: Path, responses: dict, out: Path) -> Path:
     """A test FITB question as the model answers it, and the items retrieved for the blank."""
+    import textwrap
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -164,8 +166,7 @@ def picture(data: Path, responses: dict, out: Path) -> Path:
     ]
     cols = max(len(ids) for ids, *_ in rows)
     fig, axes = plt.subplots(len(rows), cols, figsize=(1.7 * cols, 2.1 * len(rows)))
-    for r, (ids, title, boxes, scores) in enumerate(rows):
-        axes[r][0].set_title(title, loc="left", fontsize=9, x=0)
+    for r, (ids, _, boxes, scores) in enumerate(rows):
         for c in range(cols):
             ax = axes[r][c]
             ax.set_xticks([])
@@ -175,14 +176,20 @@ def picture(data: Path, responses: dict, out: Path) -> Path:
                 continue
             item_id = ids[c]
             ax.imshow(load_image(catalog.image_path(item_id), 96))
-            label = catalog.items[item_id].title[:24]
-            ax.set_xlabel(f"{scores[item_id]} {label}" if item_id in scores else label, fontsize=6)
+            label = catalog.items[item_id].title
+            label = f"{scores[item_id]} {label}" if item_id in scores else label
+            label = textwrap.fill(textwrap.shorten(label, 44, placeholder="…"), 22)
+            ax.set_xlabel(label, fontsize=6)
             for spine in ax.spines.values():
                 spine.set_edgecolor(boxes.get(item_id, "lightgrey"))
                 spine.set_linewidth(3 if item_id in boxes else 1)
     miss = "; red: the model's wrong pick" if pick != right else ""
     fig.suptitle(f"Outfitter demo, a test question (green: the true item{miss})", fontsize=10)
-    fig.tight_layout()
+    # fixed margins, row titles above each row (an axes title wider than its axes would make
+    # tight_layout shrink the whole grid)
+    fig.subplots_adjust(left=0.02, right=0.98, top=0.88, bottom=0.06, wspace=0.25, hspace=0.75)
+    for r, (_, title, _, _) in enumerate(rows):
+        fig.text(0.02, axes[r][0].get_position().y1 + 0.02, title, fontsize=9)
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
