@@ -9,6 +9,12 @@ import pytest
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
+# Ray Train's controller polls its workers every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s by
+# default) and notices a finished or reported worker only at its next poll: each of the suite's
+# tiny Train runs would wait seconds for nothing. Set before any Ray starts, so the session's Ray
+# and the CLI subprocesses the tests run inherit it.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+
 
 def pytest_collection_modifyitems(config, items):
     """`gpu` tests are reported as skipped (not silently passed) where there is no CUDA device."""
@@ -24,6 +30,21 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def feature_cache(tmp_path_factory) -> Path:
+    """One feature cache for the session (never the user's ~/.cache/outfitter): the first run
+    that needs a catalog's features embeds it on Ray Data, later runs of the same towers on the
+    same catalog reuse it, as a user's second run does. Subprocesses inherit it."""
+    folder = tmp_path_factory.mktemp("feature-cache")
+    previous = os.environ.get("OUTFITTER_CACHE_DIR")
+    os.environ["OUTFITTER_CACHE_DIR"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("OUTFITTER_CACHE_DIR", None)
+    else:
+        os.environ["OUTFITTER_CACHE_DIR"] = previous
 
 
 @pytest.fixture(scope="session")

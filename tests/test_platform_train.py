@@ -40,7 +40,6 @@ def trained(ray_session, synth_dir, tmp_path_factory, monkeypatch_module):
     from outfitter.platform.runs import train_and_register
 
     work = tmp_path_factory.mktemp("train")
-    monkeypatch_module.setenv("OUTFITTER_CACHE_DIR", str(work / "cache"))
     monkeypatch_module.delenv("MLFLOW_TRACKING_URI", raising=False)
     outcome = train_and_register(
         "hybrid-tiny",
@@ -212,7 +211,6 @@ def test_train_register_load_against_mlflow_server(ray_session, synth_dir, tmp_p
         uri = f"http://127.0.0.1:{port}"
         _wait_http(uri + "/health", server)
         monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-        monkeypatch.setenv("OUTFITTER_CACHE_DIR", str(tmp_path / "cache"))
         outcome = train_and_register(
             "hybrid-tiny",
             synth_dir,

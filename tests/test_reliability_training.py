@@ -204,7 +204,6 @@ def test_killed_driver_rerun_resumes_from_last_checkpoint(synth_dir, tmp_path):
     # so the test polls at 0.25 s to keep the window well inside one epoch.
     env = {
         **os.environ,
-        "OUTFITTER_CACHE_DIR": str(tmp_path / "cache"),
         "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
     }
     env.pop("MLFLOW_TRACKING_URI", None)
