@@ -38,13 +38,9 @@ def feature_cache(tmp_path_factory) -> Path:
     that needs a catalog's features embeds it on Ray Data, later runs of the same towers on the
     same catalog reuse it, as a user's second run does. Subprocesses inherit it."""
     folder = tmp_path_factory.mktemp("feature-cache")
-    previous = os.environ.get("OUTFITTER_CACHE_DIR")
-    os.environ["OUTFITTER_CACHE_DIR"] = str(folder)
-    yield folder
-    if previous is None:
-        os.environ.pop("OUTFITTER_CACHE_DIR", None)
-    else:
-        os.environ["OUTFITTER_CACHE_DIR"] = previous
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OUTFITTER_CACHE_DIR", str(folder))
+        yield folder
 
 
 @pytest.fixture(scope="session")
