@@ -17,9 +17,12 @@ import torch
 
 from outfitter.data.types import CATEGORIES, Catalog
 from outfitter.model.config import ModelConfig
+from outfitter.model.words import word_ids
 
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+UNKNOWN_CATEGORY = len(CATEGORIES)  # the target token's category input when none is known
+TEXT_CACHE_MAX = 200_000  # training texts whose frozen features are kept
 
 
 def item_text(title: str, description: str = "") -> str:
@@ -36,6 +39,7 @@ class InputBuilder:
         towers: CLIP towers for text prompts, titles and new items; created from `cfg.clip` on
             first use when not given.
         vocab: the Sun et al. baseline's word vocabulary (`model.vocab`).
+        device: where towers created here run (the worker's device; `for_model`: the model's).
     """
 
     def __init__(
@@ -47,6 +51,7 @@ class InputBuilder:
         *,
         vocab=None,
         seed: int = 0,
+        device=None,
     ):
         if cfg.kind == "sun2020" and vocab is None:
             raise ValueError(
@@ -54,18 +59,20 @@ class InputBuilder:
             )
         self.cfg, self.catalog, self.vocab = cfg, catalog, vocab
         self._features, self._towers = features, towers
+        self.device = torch.device(device or "cpu")
         self.rng = np.random.default_rng(seed)
-        self._title_feats: dict[str, np.ndarray] = {}
-        self._prompt_feats: np.ndarray | None = None
+        self._text_feats: dict[str, np.ndarray] = {}
         self._pixels: dict[str, torch.Tensor] = {}
         self.set_negative_pool(catalog.item_ids)
 
     @classmethod
     def for_model(cls, model, catalog: Catalog, features=None, towers=None, seed: int = 0):
-        """A builder for a built model (takes its config, vocabulary and fine-tuned towers)."""
+        """A builder for a built model (takes its config, vocabulary and fine-tuned towers); frozen
+        towers it creates live on the model's device, so GPU workers encode texts on the GPU."""
         towers = towers if towers is not None else getattr(model, "towers", None)
         vocab = getattr(model, "vocab", None)
-        return cls(model.cfg, catalog, features, towers, vocab=vocab, seed=seed)
+        device = next((p.device for p in model.parameters()), None)
+        return cls(model.cfg, catalog, features, towers, vocab=vocab, seed=seed, device=device)
 
     # ------------------------------------------------------------ resources
 
@@ -74,7 +81,7 @@ class InputBuilder:
         if self._towers is None:
             from outfitter.model.towers import create_towers
 
-            self._towers = create_towers(self.cfg.clip)
+            self._towers = create_towers(self.cfg.clip, device=self.device)
         return self._towers
 
     @property
@@ -111,12 +118,13 @@ class InputBuilder:
         else:
             paths = [self.catalog.image_path(i) for i in ids]
             out["pixels"] = torch.stack([self.towers.load_pixels(p) for p in paths])  # (U, 3, H, W)
+        texts = [self.catalog.items[i].text for i in ids]
         if clip.freeze_text:
             out["text_feat"] = torch.from_numpy(np.asarray(self.features.text[rows]))  # (U, Dt)
         else:
-            out["tokens"] = self.towers.tokenize(
-                [self.catalog.items[i].text for i in ids]
-            )  # (U, L)
+            out["tokens"] = self.towers.tokenize(texts)  # (U, L)
+        if self.cfg.words.buckets and "text" in self.cfg.item.modalities:
+            out["words"] = word_ids(texts, self.cfg.words.buckets)  # (U, L)
         return out
 
     def _sun_pixels(self, ids: list[str]) -> torch.Tensor:
@@ -142,34 +150,61 @@ class InputBuilder:
 
     # ------------------------------------------------------------ target texts
 
-    def encode_texts(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
-        """Target-text inputs for free texts: `text_feat` (frozen text tower) or `tokens`."""
+    def encode_texts(self, texts: Sequence[str], *, cache: bool = False) -> dict[str, torch.Tensor]:
+        """Target-text inputs for free texts: `text_feat` (frozen text tower) or `tokens`, and
+        `words` (the word bag's ids) for models with one. `cache`: keep each text's features
+        (training texts repeat every epoch; a server's requests do not)."""
         if self.cfg.kind == "sun2020" or not self.cfg.target.use_text:
             return {}
-        if self.cfg.clip.freeze_text:
-            return {"text_feat": torch.from_numpy(self.towers.encode_texts(list(texts)))}
-        return {"tokens": self.towers.tokenize(list(texts))}
+        texts = list(texts)
+        out = {}
+        if not self.cfg.clip.freeze_text:
+            out["tokens"] = self.towers.tokenize(texts)
+        elif cache:
+            out["text_feat"] = torch.from_numpy(np.ascontiguousarray(self._text_features(texts)))
+        else:
+            out["text_feat"] = torch.from_numpy(self.towers.encode_texts(texts))
+        if self.cfg.words.buckets:
+            out["words"] = word_ids(texts, self.cfg.words.buckets)
+        return out
 
-    def _prompt_features(self) -> np.ndarray:
-        if self._prompt_feats is None:
-            prompts = [self.prompt(c) for c in range(len(CATEGORIES))]
-            self._prompt_feats = self.towers.encode_texts(prompts)  # (C, Dt)
-        return self._prompt_feats
+    def _text_features(self, texts: list[str]) -> np.ndarray:
+        """Frozen text-tower features (T, Dt) of training texts, each string encoded once."""
+        new = sorted({t for t in texts if t not in self._text_feats})
+        if new:
+            if len(self._text_feats) + len(new) > TEXT_CACHE_MAX:  # word subsets are many
+                self._text_feats.clear()
+            feats = self.towers.encode_texts(new)
+            self._text_feats.update(zip(new, feats, strict=True))
+        return np.stack([self._text_feats[t] for t in texts])
 
     def _description(self, item_id: str) -> str:
         item = self.catalog.items[item_id]
         return item.title if self.cfg.target.source == "title" else item.text
 
-    def _description_features(self, ids: list[str]) -> np.ndarray:
-        if self.cfg.target.source == "text" and self.cfg.clip.freeze_text:
-            return np.asarray(self.features.text[self.features.rows(ids)])
-        new = sorted({i for i in ids if i not in self._title_feats})
-        if new:
-            feats = self.towers.encode_texts([self._description(i) for i in new])
-            self._title_feats.update(zip(new, feats, strict=True))
-        return np.stack([self._title_feats[i] for i in ids])
+    def _subset(self, text: str) -> str:
+        """A description as people shorten it: the last word (the noun of a product title) and a
+        random subset of the others, in order."""
+        words = text.split()
+        if len(words) <= 1:
+            return text
+        keep = self.rng.random(len(words) - 1) < 0.5
+        return " ".join([w for w, k in zip(words[:-1], keep, strict=True) if k] + words[-1:])
 
-    def target_text(self, target_ids: Sequence[str] | None, categories, use_prompt) -> dict:
+    def target_texts(self, target_ids, categories, use_prompt, subset=None) -> list[str]:
+        """The description of each target (B,): its category prompt where `use_prompt`, else its
+        title (or full text, `target.source`), cut to a word subset where `subset`."""
+        texts = []
+        for row, cat in enumerate(categories):
+            if use_prompt[row]:
+                texts.append(self.prompt(int(cat)))
+            else:
+                text = self._description(target_ids[row])
+                texts.append(self._subset(text) if subset is not None and subset[row] else text)
+        return texts
+
+    def target_text(self, target_ids: Sequence[str] | None, categories, use_prompt,
+                    subset=None) -> dict:  # fmt: skip
         """Target-text inputs (B, ...): the target's description, or the category prompt where
         `use_prompt` (B,) is True (always when `target_ids` is None)."""
         if self.cfg.kind == "sun2020" or not self.cfg.target.use_text:
@@ -178,18 +213,8 @@ class InputBuilder:
         use_prompt = (
             np.ones(len(categories), bool) if target_ids is None else np.asarray(use_prompt)
         )
-        if not self.cfg.clip.freeze_text:
-            texts = [
-                self.prompt(c) if p else self._description(t)
-                for c, p, t in zip(categories, use_prompt, target_ids or categories, strict=True)
-            ]
-            return {"tokens": self.towers.tokenize(texts)}
-        feats = self._prompt_features()[categories]  # (B, Dt)
-        if not use_prompt.all():
-            rows = np.flatnonzero(~use_prompt)
-            feats = feats.copy()
-            feats[rows] = self._description_features([target_ids[r] for r in rows])
-        return {"text_feat": torch.from_numpy(np.ascontiguousarray(feats, dtype=np.float32))}
+        texts = self.target_texts(target_ids, categories, use_prompt, subset)
+        return self.encode_texts(texts, cache=True)
 
     # ------------------------------------------------------------ batches
 
@@ -220,13 +245,19 @@ class InputBuilder:
                         ids.append(neg)
                     negatives[row, col] = position[neg]
             out["ids"], out["negatives"] = ids, negatives  # (B, K) positions in ids
+        tg = self.cfg.target
         if prompt is None:
-            p = self.cfg.target.prompt_prob if train else 0.0
-            use_prompt = self.rng.random(len(targets)) < p
+            use_prompt = self.rng.random(len(targets)) < (tg.prompt_prob if train else 0.0)
         else:
             use_prompt = np.full(len(targets), bool(prompt))
+        subset = self.rng.random(len(targets)) < (tg.subset_prob if train else 0.0)
         out["inputs"] = self.item_inputs(ids)
-        out["target_text"] = self.target_text(targets, cats, use_prompt)
+        out["target_text"] = self.target_text(targets, cats, use_prompt, subset)
+        if tg.infer_category:  # the category input, hidden for some targets (taught "unknown")
+            hide = self.rng.random(len(targets)) < (tg.category_drop if train else 0.0)
+            out["query_category"] = torch.where(
+                torch.from_numpy(hide), UNKNOWN_CATEGORY, batch["target_category"]
+            )
         return out
 
     def fitb(self, batch: dict) -> dict:

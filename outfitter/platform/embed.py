@@ -58,11 +58,14 @@ class TowerEmbedder:
     def __init__(self, clip_cfg: dict, use_gpu: bool = False):
         import torch
 
+        from outfitter.model.device import resolve_device
         from outfitter.model.towers import create_towers
 
         torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
-        device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
-        self.towers = create_towers(ClipCfg(**clip_cfg), device=device)
+        # A GPU actor was scheduled with num_gpus=1: Ray made that GPU the only visible one, and
+        # a GPU actor that sees none is a scheduling error, not a reason to embed on the CPU.
+        self.device = resolve_device("cuda" if use_gpu else "cpu")
+        self.towers = create_towers(ClipCfg(**clip_cfg), device=self.device)
         self.towers.model.eval()
 
     def __call__(self, batch: dict) -> dict:

@@ -19,21 +19,24 @@ def evaluate_checkpoint(
     version: str | None = None,
     features=None,
     cache_dir: Path | None = None,
+    device: str = "auto",
 ) -> dict:
     """Compatibility AUC, FITB accuracy (both ways) and recall@10 of a checkpoint on a split.
 
     Args:
         version: Polyvore version; defaults to the one the checkpoint was trained on.
         features: cached tower features of the catalog; embedded (cached) when needed and absent.
+        device: where the model (and the towers of target texts) run (`resolve_device`).
     """
     import torch
 
     from outfitter.data import load_catalog, load_split
     from outfitter.model.checkpoint import load_checkpoint
+    from outfitter.model.device import resolve_device
     from outfitter.model.evaluate import evaluate
     from outfitter.model.inputs import InputBuilder
 
-    model, cfg, meta = load_checkpoint(Path(checkpoint_dir))
+    model, cfg, meta = load_checkpoint(Path(checkpoint_dir), map_location=resolve_device(device))
     version = version or meta.get("settings", {}).get("version", "nondisjoint")
     catalog = load_catalog(Path(data_dir))
     data = load_split(Path(data_dir), version, split, catalog)

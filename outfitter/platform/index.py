@@ -40,7 +40,9 @@ class IndexConfig:
 
     kind: Literal["auto", "flat", "ivf", "hnsw"] = "auto"  # auto: flat below exact_below
     exact_below: int = 50_000  # auto: a shard with fewer items is an exact IndexFlatIP
-    approximate: Literal["ivf", "hnsw"] = "hnsw"  # the kind auto picks at or above exact_below
+    # The kind auto picks at or above exact_below; auto: IVF where the shards go to a GPU
+    # (faiss-gpu holds flat and IVF indexes, not HNSW), HNSW on the CPU.
+    approximate: Literal["auto", "ivf", "hnsw"] = "auto"
     nlist: int = (
         0  # IVF inverted lists; 0 = 4 * sqrt(n), capped so each list trains on >= 39 points
     )
@@ -53,14 +55,18 @@ class IndexConfig:
     def __post_init__(self) -> None:
         if self.kind not in ("auto", "flat", "ivf", "hnsw"):
             raise ValueError(f"index kind {self.kind!r}; use auto, flat, ivf or hnsw")
-        if self.approximate not in ("ivf", "hnsw"):
-            raise ValueError(f"approximate index kind {self.approximate!r}; use ivf or hnsw")
+        if self.approximate not in ("auto", "ivf", "hnsw"):
+            raise ValueError(f"approximate index kind {self.approximate!r}; use auto, ivf or hnsw")
 
-    def kind_for(self, n: int) -> str:
-        """The index kind of a shard of `n` items."""
+    def kind_for(self, n: int, on_gpu: bool = False) -> str:
+        """The index kind of a shard of `n` items (`on_gpu`: the shards will move to a GPU)."""
         if self.kind != "auto":
             return self.kind
-        return "flat" if n < self.exact_below else self.approximate
+        if n < self.exact_below:
+            return "flat"
+        if self.approximate == "auto":
+            return "ivf" if on_gpu else "hnsw"
+        return self.approximate
 
     def nlist_for(self, n: int) -> int:
         nlist = self.nlist or int(round(4 * math.sqrt(n)))
@@ -101,10 +107,23 @@ def _gpu_available() -> bool:
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
 
-def _to_gpu(index: faiss.Index, resources: Any) -> faiss.Index:
-    """The shard on GPU 0, or the CPU shard where faiss has no GPU version of it (HNSW)."""
+def _gpu_target(config: IndexConfig, device=None) -> int | None:
+    """The GPU id the shards go to, or None (CPU). `device`: the torch device of the process
+    (a `cpu` worker keeps its shards on the CPU; `cuda:N` puts them on GPU N); None: GPU 0
+    when the config allows it and faiss sees a GPU."""
+    if not config.use_gpu or not _gpu_available():
+        return None
+    if device is None:
+        return 0
+    from outfitter.model.device import gpu_index, resolve_device
+
+    return gpu_index(resolve_device(device))
+
+
+def _to_gpu(index: faiss.Index, resources: Any, gpu: int = 0) -> faiss.Index:
+    """The shard on GPU `gpu`, or the CPU shard where faiss has no GPU version of it (HNSW)."""
     try:
-        return faiss.index_cpu_to_gpu(resources, 0, index)
+        return faiss.index_cpu_to_gpu(resources, gpu, index)
     except RuntimeError as err:
         log.info("keeping a %s shard on the CPU: %s", type(index).__name__, err)
         return index
@@ -155,8 +174,13 @@ class CatalogIndex:
         categories: Sequence[int] | np.ndarray,
         config: IndexConfig | None = None,
         meta: dict | None = None,
+        device=None,
     ) -> CatalogIndex:
-        """Index `vectors` (N, D) of items `ids` whose category indexes are `categories`."""
+        """Index `vectors` (N, D) of items `ids` whose category indexes are `categories`.
+
+        Args:
+            device: the process's torch device; the shards follow it (see `_gpu_target`).
+        """
         config = config or IndexConfig()
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         categories = np.asarray(categories, dtype=np.int64)
@@ -164,18 +188,21 @@ class CatalogIndex:
         norms = np.linalg.norm(vectors, axis=1)
         if vectors.size and not np.allclose(norms, 1.0, atol=1e-3):
             raise ValueError("item vectors must be L2-normalised (inner product = cosine)")
+        gpu = _gpu_target(config, device)
         shards = {}
         for c in np.unique(categories).tolist():
             part = vectors[categories == c]
-            shards[c] = _build_shard(part, config.kind_for(len(part)), config)
+            shards[c] = _build_shard(part, config.kind_for(len(part), gpu is not None), config)
         index = cls(list(ids), categories, vectors, shards, config, dict(meta or {}))
-        return index.maybe_to_gpu()
+        return index.maybe_to_gpu(device)
 
-    def maybe_to_gpu(self) -> CatalogIndex:
-        """Move the shards to the GPU when the config allows it and faiss sees one."""
-        if self.config.use_gpu and _gpu_available():
+    def maybe_to_gpu(self, device=None) -> CatalogIndex:
+        """Move the shards to the GPU when the config allows it and faiss sees one (the GPU of
+        `device` when given: a CPU process keeps its shards on the CPU)."""
+        gpu = _gpu_target(self.config, device)
+        if gpu is not None:
             self._gpu_resources = faiss.StandardGpuResources()
-            self.shards = {c: _to_gpu(s, self._gpu_resources) for c, s in self.shards.items()}
+            self.shards = {c: _to_gpu(s, self._gpu_resources, gpu) for c, s in self.shards.items()}
         return self
 
     @property
@@ -355,9 +382,10 @@ def build_index(
     """The index of every item of `builder.catalog` under `model` (an OutfitModel in eval mode)."""
     catalog = builder.catalog
     ids = catalog.item_ids
+    device = device or next(model.parameters()).device
     vectors = catalog_vectors(model, builder, ids, batch_size=batch_size, device=device)
     categories = [catalog.items[i].category_index for i in ids]
-    return CatalogIndex.build(vectors, ids, categories, config, meta)
+    return CatalogIndex.build(vectors, ids, categories, config, meta, device=device)
 
 
 def build_index_for_model(
@@ -368,6 +396,7 @@ def build_index_for_model(
     config: IndexConfig | None = None,
     features=None,
     batch_size: int = 256,
+    device: str = "auto",
 ) -> CatalogIndex:
     """Build (and save to `out_dir`) the catalog index of a resolved model version.
 
@@ -375,13 +404,16 @@ def build_index_for_model(
         resolved: a `registry.ResolvedModel` (checkpoint folder + version info).
         features: the catalog's cached tower features; for a model that reads features and none
             are given, they come from the embedding cache (`platform.embed`, Ray Data).
+        device: where the model encodes the catalog and the shards live (`resolve_device`).
     """
     from outfitter.data import load_catalog
     from outfitter.model.checkpoint import load_checkpoint
+    from outfitter.model.device import resolve_device
     from outfitter.model.inputs import InputBuilder
 
     catalog = load_catalog(Path(data_dir))
-    model, cfg, _ = load_checkpoint(resolved.checkpoint_dir, map_location="cpu")
+    device = resolve_device(device)
+    model, cfg, _ = load_checkpoint(resolved.checkpoint_dir, map_location=device)
     model.eval()
     if features is None and cfg.input_kind == "features":
         from outfitter.platform.embed import embed_catalog

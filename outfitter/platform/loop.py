@@ -9,7 +9,6 @@ command continues where the last checkpoint left off.
 
 from __future__ import annotations
 
-import contextlib
 import math
 from pathlib import Path
 
@@ -102,6 +101,7 @@ class EpochRunner:
         import ray.train.torch
 
         from outfitter.model.config import ModelConfig
+        from outfitter.model.device import resolve_device
 
         features = (
             ray.get(config["features_ref"]) if config.get("features_ref") is not None else None
@@ -114,7 +114,7 @@ class EpochRunner:
             config.get("mlflow"),
             rank,
             world,
-            ray.train.torch.get_device(),
+            resolve_device(ray.train.torch.get_device()),  # the GPU Ray gave this worker
         )
 
     def _wrap(self, task):
@@ -156,9 +156,10 @@ class EpochRunner:
         return datasets, loaders
 
     def _autocast(self):
-        if self.device.type == "cuda" and self.settings.amp:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        """bf16 autocast on a GPU worker (`settings.amp`); fp32 on the CPU."""
+        from outfitter.model.device import autocast
+
+        return autocast(self.device, self.settings.amp)
 
     def _to_device(self, tree):
         if isinstance(tree, torch.Tensor):

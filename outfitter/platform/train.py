@@ -16,8 +16,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 from outfitter.platform.settings import TrainSettings
 
 # ---------------------------------------------------------------- worker side
@@ -170,7 +168,3 @@ def elapsed(fn, *args, **kwargs):
     t0 = time.perf_counter()
     out = fn(*args, **kwargs)
     return out, time.perf_counter() - t0
-
-
-def default_device(use_gpu: bool) -> torch.device:
-    return torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from outfitter.data.types import CATEGORIES, Catalog
+from outfitter.model.device import resolve_device
 from outfitter.platform.index import CatalogIndex, Hit
 from outfitter.platform.serving.service import Member, NewItem, VersionSkew
 
@@ -45,12 +46,6 @@ class ModelState:
     @property
     def max_items(self) -> int:
         return int(self.cfg.transformer.max_items)
-
-
-def _device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def load_state(
@@ -81,7 +76,7 @@ def load_state(
     folder = _index_dir(resolved, index_dir) if {"scorer", "retriever"} & set(parts) else None
     # The retriever alone needs no weights, unless the index has to be built here.
     needs_model = bool({"encoder", "scorer"} & set(parts)) or ("retriever" in parts and not folder)
-    state = _load_model(resolved, _device(device), with_weights=needs_model)
+    state = _load_model(resolved, resolve_device(device), with_weights=needs_model)
     if "encoder" in parts or ("retriever" in parts or "scorer" in parts) and folder is None:
         from outfitter.data import load_catalog
         from outfitter.model.inputs import InputBuilder
