@@ -57,6 +57,9 @@ def weighted_triplet_loss(
     known to be more compatible (higher w, e.g. bought together vs also viewed) must be
     separated from the negative by a wider margin (Sun et al. 2020).
     """
+    # fp32 whatever the autocast: CUDA autocast sums in fp32 but CPU autocast keeps bf16, and a
+    # bf16 margin (8 mantissa bits) rounds away differences of similarities near 1.
+    anchor, positive, negative = anchor.float(), positive.float(), negative.float()
     s_pos = (anchor * positive).sum(-1)  # (T,)
     s_neg = (anchor * negative).sum(-1)  # (T,)
     return F.relu(margin * weight - s_pos + s_neg).mean()
