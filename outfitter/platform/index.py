@@ -11,14 +11,20 @@ product = cosine similarity.
 On disk (one folder, logged as an artifact of the model version so the two never disagree):
 `ids.json` (row order), `categories.npy` (N,) category index per row, `vectors.npy` (N, D) the
 item vectors themselves (the serving layer scores catalog items from them), `meta.json` (model
-version, config, shard kinds) and `index-<category>.faiss` per non-empty category.
+version, config, shard kinds), `index-<category>.faiss` per non-empty category, and
+`manifest.json` (model version, dim, item count, sha256 and size of every other file), checked on
+every load: a folder with a missing, truncated or swapped file is refused, never half-served.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
+import os
+import shutil
+import tempfile
 from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,7 +37,12 @@ from outfitter.data.types import CATEGORIES
 
 log = logging.getLogger(__name__)
 
-INDEX_FORMAT = 1
+INDEX_FORMAT = 2  # 2: manifest.json with checksums
+MANIFEST = "manifest.json"
+
+
+class IndexIntegrityError(ValueError):
+    """An index folder that does not match its manifest, or not the model it is loaded for."""
 
 
 @dataclass(frozen=True)
@@ -221,9 +232,24 @@ class CatalogIndex:
         return {CATEGORIES[c]: type(s).__name__ for c, s in sorted(self.shards.items())}
 
     def save(self, folder: Path) -> Path:
-        """Write the index folder (see the module docstring); returns it."""
+        """Write the index folder (see the module docstring) crash-safely; returns it.
+
+        Every file goes to a fresh sibling folder, the manifest last, and that folder is renamed
+        into place: a crash at any step leaves the previous index whole (at `folder`, or, inside
+        the swap of an existing folder, at a `.NAME.old-*` sibling that `load` falls back to).
+        """
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+        try:
+            self._write_files(staging)
+            _replace_folder(staging, folder)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return folder
+
+    def _write_files(self, folder: Path) -> None:
         (folder / "ids.json").write_text(json.dumps(self.ids))
         np.save(folder / "categories.npy", self.categories)
         np.save(folder / "vectors.npy", self.vectors)
@@ -238,19 +264,38 @@ class CatalogIndex:
             "shards": self.shard_kinds(),
         }
         (folder / "meta.json").write_text(json.dumps(meta, indent=2))
-        return folder
+        files = {p.name: _file_digest(p) for p in sorted(folder.iterdir())}
+        manifest = {
+            "format": INDEX_FORMAT,
+            "model_name": self.meta.get("model_name"),
+            "model_version": _version_str(self.meta.get("model_version")),
+            "dim": self.dim,
+            "n_items": len(self),
+            "files": files,
+        }
+        _write_synced(folder / MANIFEST, json.dumps(manifest, indent=2))
+        for name in files:
+            _fsync(folder / name)
 
     @classmethod
-    def load(cls, folder: Path, use_gpu: bool | None = None) -> CatalogIndex:
-        """Read an index folder written by `save`; `use_gpu` overrides the saved config's."""
-        folder = Path(folder)
-        if not (folder / "meta.json").is_file():
-            raise FileNotFoundError(f"{folder} is not an index folder (no meta.json)")
+    def load(
+        cls,
+        folder: Path,
+        use_gpu: bool | None = None,
+        *,
+        model_version: str | int | None = None,
+        dim: int | None = None,
+    ) -> CatalogIndex:
+        """Read an index folder written by `save`, verified against its manifest.
+
+        Args:
+            use_gpu: overrides the saved config's.
+            model_version, dim: what the index must have been built for (IndexIntegrityError
+                otherwise); None: not checked.
+        """
+        folder = _live_folder(Path(folder))
+        manifest = verify_index(folder, model_version=model_version, dim=dim)
         meta = json.loads((folder / "meta.json").read_text())
-        if meta.get("format") != INDEX_FORMAT:
-            raise ValueError(
-                f"index format {meta.get('format')} in {folder}; expected {INDEX_FORMAT}"
-            )
         config = IndexConfig(**meta.pop("config"))
         if use_gpu is not None:
             config = IndexConfig(**{**asdict(config), "use_gpu": use_gpu})
@@ -259,10 +304,18 @@ class CatalogIndex:
         ids = json.loads((folder / "ids.json").read_text())
         categories = np.load(folder / "categories.npy")
         vectors = np.load(folder / "vectors.npy")
-        shards = {
-            c: faiss.read_index(str(folder / f"index-{CATEGORIES[c]}.faiss"))
-            for c in np.unique(categories).tolist()
-        }
+        n, d = manifest["n_items"], manifest["dim"]
+        if len(ids) != n or categories.shape != (n,) or vectors.shape != (n, d):
+            raise IndexIntegrityError(
+                f"index {folder}: {len(ids)} ids, categories {categories.shape}, vectors "
+                f"{vectors.shape}; its manifest says {n} items of {d} dims"
+            )
+        shards = {}
+        for c in np.unique(categories).tolist():
+            path = folder / f"index-{CATEGORIES[c]}.faiss"
+            if path.name not in manifest["files"]:
+                raise IndexIntegrityError(f"index {folder}: no shard file {path.name}")
+            shards[c] = faiss.read_index(str(path))
         return cls(ids, categories, vectors, shards, config, meta).maybe_to_gpu()
 
     # ------------------------------------------------------------ search
@@ -346,6 +399,111 @@ def _per_query(exclude: Collection[str] | Sequence[Collection[str]], n_q: int) -
             raise ValueError(f"{len(items)} exclude lists for {n_q} queries")
         return [set(e) for e in items]
     return [set(items)] * n_q
+
+
+# ---------------------------------------------------------------- the folder on disk
+
+
+def _version_str(version) -> str | None:
+    return None if version is None else str(version)
+
+
+def _file_digest(path: Path) -> dict:
+    """sha256 and size of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return {"sha256": digest.hexdigest(), "bytes": path.stat().st_size}
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_synced(path: Path, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _replace_folder(staging: Path, folder: Path) -> None:
+    """Rename the complete `staging` folder to `folder`, replacing an existing one.
+
+    POSIX has no atomic swap of two directories: the old folder moves aside first, and `load`
+    reads it from there if a crash falls between the two renames.
+    """
+    if folder.exists():
+        aside = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
+        os.rename(folder, aside / folder.name)
+    os.rename(staging, folder)
+    for stale in folder.parent.glob(f".{folder.name}.old-*"):  # this one, or a crashed save's
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def _live_folder(folder: Path) -> Path:
+    """`folder`, or the previous index a save was swapping out when it crashed."""
+    if folder.exists():
+        return folder
+    aside = sorted(folder.parent.glob(f".{folder.name}.old-*/{folder.name}"))
+    if aside and (aside[-1] / MANIFEST).is_file():
+        log.warning("index %s is missing; reading the copy a crashed save moved aside", folder)
+        return aside[-1]
+    return folder
+
+
+def verify_index(
+    folder: Path, *, model_version: str | int | None = None, dim: int | None = None
+) -> dict:
+    """Check an index folder against its manifest (files, sizes, sha256) and the expected model
+    version and dimension; returns the manifest. Raises FileNotFoundError for a folder that is
+    not an index, IndexIntegrityError for one that is damaged or belongs to another model."""
+    folder = Path(folder)
+    if not (folder / "meta.json").is_file():
+        raise FileNotFoundError(f"{folder} is not an index folder (no meta.json)")
+    if not (folder / MANIFEST).is_file():
+        fmt = json.loads((folder / "meta.json").read_text()).get("format")
+        raise IndexIntegrityError(
+            f"index format {fmt} in {folder} has no {MANIFEST}; expected format {INDEX_FORMAT}: "
+            "rebuild it with `outfitter index build`"
+        )
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+        files = dict(manifest["files"])
+        int(manifest["n_items"]), int(manifest["dim"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise IndexIntegrityError(f"unreadable {MANIFEST} in {folder}: {err}") from err
+    if manifest.get("format") != INDEX_FORMAT:
+        raise IndexIntegrityError(
+            f"index format {manifest.get('format')} in {folder}; expected {INDEX_FORMAT}"
+        )
+    for name, want in files.items():
+        path = folder / name
+        if Path(name).name != name or not path.is_file() or path.is_symlink():
+            raise IndexIntegrityError(f"index {folder}: file {name!r} is missing")
+        if path.stat().st_size != want["bytes"] or _file_digest(path) != want:
+            raise IndexIntegrityError(
+                f"index {folder}: {name} does not match its checksum in {MANIFEST} "
+                "(a partial or mixed write); rebuild the index"
+            )
+    for name in ("ids.json", "categories.npy", "vectors.npy", "meta.json"):
+        if name not in files:
+            raise IndexIntegrityError(f"index {folder}: {MANIFEST} lists no {name}")
+    recorded = manifest.get("model_version")
+    if model_version is not None and recorded is not None and str(model_version) != recorded:
+        raise IndexIntegrityError(
+            f"index {folder} was built for model version {recorded}, not {model_version}"
+        )
+    if dim is not None and int(dim) != int(manifest["dim"]):
+        raise IndexIntegrityError(
+            f"index {folder} holds {manifest['dim']}-d vectors; the model makes {dim}-d ones"
+        )
+    return manifest
 
 
 # ---------------------------------------------------------------- building from a model version
