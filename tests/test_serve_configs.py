@@ -9,7 +9,7 @@ import yaml
 from ray.serve.schema import ServeDeploySchema
 
 from outfitter.platform.serving import launch
-from outfitter.platform.serving.deployments import MODEL_DEPLOYMENTS, AppArgs, build_app
+from outfitter.platform.serving.deployments import DEPLOYMENT, AppArgs, build_app
 
 CONFIGS = Path(__file__).resolve().parent.parent / "serve_configs"
 
@@ -27,19 +27,41 @@ def test_configs_are_valid_serve_configs_bound_to_loopback(name):
     app = _app(config)
     assert app["import_path"] == launch.BUILDER
     AppArgs.model_validate(app["args"])
-    deployments = {d["name"]: d for d in app["deployments"]}
-    assert set(deployments) == {*MODEL_DEPLOYMENTS, "Ingress"}
-    assert all("autoscaling_config" in d for d in deployments.values())
+    (deployment,) = app["deployments"]  # one replica answers a request: no hops
+    assert deployment["name"] == DEPLOYMENT
+    scaling = deployment["autoscaling_config"]
+    assert 1 <= scaling["min_replicas"] < scaling["max_replicas"]
+    # a bounded queue (503 + Retry-After beyond it), batches that fit in a replica's admissions
+    assert deployment["max_queued_requests"] > 0
+    assert deployment["backpressure_config"]["retry_after_s"] >= 1
+    max_batch = app["args"]["max_batch_size"]
+    assert deployment["max_ongoing_requests"] >= max_batch
+    in_flight = app["args"]["limits"]["max_in_flight"]
+    assert max_batch <= in_flight < deployment["max_ongoing_requests"]
+    assert app["logging_config"]["enable_access_log"] is False
 
 
-def test_gpu_config_shares_gpus_and_autoscales():
-    deployments = {
-        d["name"]: d for d in _app(launch.load_serve_config(CONFIGS / "gpu.yaml"))["deployments"]
-    }
-    for name in ("ItemEncoder", "OutfitScorer"):
-        assert 0 < deployments[name]["ray_actor_options"]["num_gpus"] < 1
-        scaling = deployments[name]["autoscaling_config"]
-        assert scaling["min_replicas"] < scaling["max_replicas"]
+def test_local_config_autoscales_within_this_machine():
+    (deployment,) = _app(launch.load_serve_config(CONFIGS / "local.yaml"))["deployments"]
+    scaling = deployment["autoscaling_config"]
+    assert scaling["max_replicas"] * deployment["ray_actor_options"]["num_cpus"] <= 2
+
+
+def test_gpu_config_places_its_largest_scale_out():
+    """Every GPU fraction times max_replicas fits the GPUs the RayService's workers can hold, and
+    the per-replica admission sits 1.2-1.5x above the autoscaler's target."""
+    (deployment,) = _app(launch.load_serve_config(CONFIGS / "gpu.yaml"))["deployments"]
+    scaling, actor = deployment["autoscaling_config"], deployment["ray_actor_options"]
+    assert 0 < actor["num_gpus"] < 1
+    assert 1.2 <= deployment["max_ongoing_requests"] / scaling["target_ongoing_requests"] <= 1.5
+    assert scaling["upscale_delay_s"] < scaling["downscale_delay_s"]
+    manifest = yaml.safe_load((CONFIGS / "rayservice.yaml").read_text())
+    (workers,) = manifest["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    (container,) = workers["template"]["spec"]["containers"]
+    gpus = workers["maxReplicas"] * int(container["resources"]["limits"]["nvidia.com/gpu"])
+    cpus = workers["maxReplicas"] * int(container["resources"]["limits"]["cpu"])
+    assert scaling["max_replicas"] * actor["num_gpus"] <= gpus
+    assert scaling["max_replicas"] * actor["num_cpus"] <= cpus
 
 
 def test_rayservice_embeds_the_gpu_application():
@@ -67,11 +89,10 @@ def test_prepare_config_resolves_paths_and_pins_versions(tmp_path):
     args = _app(prepared)["args"]
     assert args["data_dir"] == str(tmp_path / "outfitter-work" / "data")
     assert args["tracking_uri"] == f"sqlite:///{tmp_path / 'outfitter-work' / 'mlflow.db'}"
-    configs = {d["name"]: d.get("user_config") for d in _app(prepared)["deployments"]}
-    for name in MODEL_DEPLOYMENTS:
-        assert configs[name]["model_uri"] == "models:/outfitter/7"
-        assert configs[name]["revision"] == "7"  # a change of user_config only: in-place reload
-    assert configs["ItemEncoder"]["max_batch_size"] == 16
+    (deployment,) = _app(prepared)["deployments"]
+    assert deployment["user_config"]["model_uri"] == "models:/outfitter/7"
+    assert deployment["user_config"]["revision"] == "7"  # a change of user_config only: in place
+    assert deployment["user_config"]["max_batch_size"] == 16
     assert _app(config)["args"]["data_dir"] == "outfitter-work/data"  # the input is not modified
 
 
@@ -79,14 +100,17 @@ def test_prepare_config_keeps_local_checkpoints_unpinned(tmp_path):
     config = launch.load_serve_config(CONFIGS / "local.yaml")
     _app(config)["args"]["model_uri"] = "ckpt"
     prepared = launch.prepare_config(config, base=tmp_path)
-    scorer = next(d for d in _app(prepared)["deployments"] if d["name"] == "OutfitScorer")
-    assert scorer["user_config"]["model_uri"] == str(tmp_path / "ckpt")
-    assert scorer["user_config"]["revision"] == "0"
+    (deployment,) = _app(prepared)["deployments"]
+    assert deployment["user_config"]["model_uri"] == str(tmp_path / "ckpt")
+    assert deployment["user_config"]["revision"] == "0"
 
 
-def test_build_app_composes_four_deployments(tmp_path):
-    app = build_app({"model_uri": "models:/outfitter@champion", "data_dir": str(tmp_path)})
-    assert app._bound_deployment.name == "Ingress"
+def test_build_app_is_one_deployment(tmp_path):
+    app = build_app({"model_uri": str(tmp_path / "ckpt"), "data_dir": str(tmp_path)})
+    assert app._bound_deployment.name == DEPLOYMENT
+    assert app._bound_deployment._deployment_config.user_config["model_uri"] == str(
+        tmp_path / "ckpt"
+    )
     with pytest.raises(ValueError, match="data_dir"):
         build_app({"model_uri": "models:/outfitter@champion"})
     with pytest.raises(TypeError, match="max_bodyy"):

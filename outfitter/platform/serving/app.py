@@ -90,6 +90,35 @@ class GuardMiddleware:
                 )
 
 
+class AdmissionMiddleware:
+    """A bounded queue per replica: at most `max_in_flight` model requests inside at once.
+
+    A model request (POST under /v1/) beyond the bound is answered at once with 503, a
+    `Retry-After` header and a JSON body naming the limit: under overload a client learns to
+    back off in a millisecond instead of waiting for a timeout, and the replica's memory stays
+    bounded by the requests it holds. Catalog reads (GET) are cheap and are never refused.
+    """
+
+    def __init__(self, app, max_in_flight: int, retry_after_s: int = 1):
+        self.app, self.max_in_flight, self.retry_after_s = app, max_in_flight, retry_after_s
+        self.in_flight = 0
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope.get("method") != "POST":
+            return await self.app(scope, receive, send)
+        if self.in_flight >= self.max_in_flight:
+            rule = f"{self.in_flight} requests in flight; the limit is {self.max_in_flight}"
+            headers = {"Retry-After": str(self.retry_after_s)}
+            answer = _error(503, f"overloaded: {rule}; retry later", [{"field": "request",
+                            "rule": f"max_in_flight: {rule}"}], headers=headers)  # fmt: skip
+            return await answer(scope, receive, send)
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+
 def _field(loc: tuple) -> str:
     parts = [str(p) for p in loc if p not in REF_TAGS]
     if len(parts) > 1 and parts[0] in ("body", "query", "path"):
@@ -143,7 +172,8 @@ def create_app(
         version="1",
         description="Outfit compatibility and complementary-item retrieval over a catalog.",
     )
-    app.add_middleware(GuardMiddleware, max_body_bytes=limits.max_body_bytes)
+    app.add_middleware(AdmissionMiddleware, max_in_flight=limits.max_in_flight)
+    app.add_middleware(GuardMiddleware, max_body_bytes=limits.max_body_bytes)  # the outermost
     _install_handlers(app)
 
     @app.post("/v1/compatibility", response_model=CompatibilityResponse, responses=_ERRORS)
@@ -162,7 +192,7 @@ def create_app(
         return await service.complete(req)
 
     @app.get("/v1/items", response_model=ItemsPage, responses=_ERRORS)
-    async def items(
+    def items(  # a plain def: FastAPI runs it in its thread pool, off the event loop
         category: CategoryName | None = None,
         q: Annotated[str | None, Query(max_length=limits.max_text_chars)] = None,
         limit: Annotated[int, Query(ge=1, le=limits.max_list_limit)] = 50,

@@ -1,14 +1,16 @@
-"""Ray Serve deployments: a thin layer over the plain classes of `core`, composed with handles.
+"""The Ray Serve deployment: one FastAPI replica holds a whole model version and batches inside.
 
-    HTTP ─► Ingress (FastAPI) ─► ItemEncoder  (CLIP towers: new items, target texts; @serve.batch)
-                              ─► OutfitScorer (outfit transformer: scores, queries; @serve.batch)
-                              ─► Retriever    (faiss index of the same model version)
+    HTTP ─► proxy ─► Outfitter replica (FastAPI app + model + catalog vectors + faiss index)
+                       score:    @serve.batch over requests ─► outfit transformer
+                       retrieve: @serve.batch over requests ─► target queries ─► faiss search
 
-Every model deployment takes a `user_config` naming the model (`model_uri`, and a free `revision`
-to force a reload after moving an alias). Re-applying the config calls `reconfigure`, which loads
-the new version beside the old one and swaps a single reference: in-flight requests finish on
-the version they started with, and the ingress re-runs any request whose parts were answered by
-two versions. A version that fails to load leaves the running one serving.
+A request is answered by the replica that took it, without a second hop; throughput scales by
+adding replicas (autoscaling on ongoing requests). The replica's `user_config` names the model
+(a concrete `models:/NAME/N`, pinned at deploy time, see `launch.prepare_config`); re-applying the
+config calls `reconfigure`, which loads the new version beside the old one and swaps a single
+reference: in-flight requests finish on the version they started with (a request whose parts
+were answered by two versions is re-run). A version that fails to load leaves the running one
+serving.
 
 `build_app(args)` is the application builder of `serve_configs/*.yaml`
 (`import_path: outfitter.platform.serving.deployments:build_app`).
@@ -19,292 +21,213 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import time
 from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, Field
 from ray import serve
-from ray.serve.handle import DeploymentHandle
 
 from outfitter.platform.serving import core
 from outfitter.platform.serving.errors import ModelUnavailable
 from outfitter.platform.serving.schemas import Limits
-from outfitter.platform.serving.service import CatalogService, NewItem, VersionSkew
+from outfitter.platform.serving.service import CatalogService
 
 log = logging.getLogger("ray.serve")
+
+DEPLOYMENT = "Outfitter"  # the one deployment of the application
+MODEL_KEYS = ("model_uri", "revision", "index_dir")  # user_config keys that name the version
 
 
 class AppArgs(BaseModel):
     """Arguments of `build_app`: the `args:` of an application in a Serve config."""
 
     model_uri: str = Field(
-        "models:/outfitter@champion", description="registry alias/version or checkpoint dir"
+        "models:/outfitter@champion",
+        description="registry alias/version or checkpoint dir; an alias is pinned to its version "
+        "when the application is built",
     )
     revision: str = Field("0", description="change it to reload the model after moving an alias")
     index_dir: str | None = Field(None, description="faiss index folder; default: the version's")
     data_dir: str = Field(..., description="catalog folder (Polyvore layout)")
     tracking_uri: str | None = Field(None, description="MLflow store; default MLFLOW_TRACKING_URI")
-    device: str = Field(
-        "auto", description="torch device of the model deployments: auto, cpu, cuda"
+    device: str = Field("auto", description="torch device of the replica: auto, cpu, cuda")
+    threads: int = Field(
+        0, ge=0, description="torch/faiss CPU threads per replica; 0: the replica's num_cpus"
     )
     max_batch_size: int = Field(16, ge=1, description="@serve.batch size; 1 disables batching")
     batch_wait_timeout_s: float = Field(
-        0.005, ge=0, description="@serve.batch wait for a fuller batch"
+        0.0, ge=0, description="@serve.batch wait for a fuller batch (0: take what has queued)"
     )
     limits: dict[str, int] = Field(default_factory=dict, description="overrides of schemas.Limits")
-
-
-class _ModelReplica:
-    """Loads the model version its `user_config` names; keeps serving the old one if that fails."""
-
-    parts: tuple[str, ...] = ()  # what of a model version this deployment loads (core.load_state)
-    batched: tuple[str, ...] = ()  # its @serve.batch methods, resized by user_config
-
-    def __init__(self, data_dir: str, tracking_uri: str | None, device: str, defaults: dict):
-        self.data_dir, self.tracking_uri, self.device = data_dir, tracking_uri, device
-        self.defaults = defaults  # the builder's user_config; a config file may set only some keys
-        self.state: core.ModelState | None = None
-        self.config: dict[str, Any] = {}
-        self.load_error: str | None = None
-
-    async def reconfigure(self, config: dict[str, Any]) -> None:
-        config = {**self.defaults, **(config or {})}
-        batching = {k: config[k] for k in ("max_batch_size", "batch_wait_timeout_s") if k in config}
-        self._set_batching(**batching)
-        model_keys = ("model_uri", "revision", "index_dir")
-        if self.state is not None and all(config.get(k) == self.config.get(k) for k in model_keys):
-            self.config, self.load_error = config, None  # (back to) the model being served
-            return
-        try:
-            state = await asyncio.to_thread(
-                core.load_state,
-                config["model_uri"],
-                self.data_dir,
-                parts=self.parts,
-                tracking_uri=self.tracking_uri,
-                device=self.device,
-                index_dir=config.get("index_dir"),
-            )
-        except Exception as err:
-            if self.state is None:
-                raise  # nothing to serve: a clear startup error
-            self.load_error = f"{config.get('model_uri')}: {type(err).__name__}: {err}"
-            log.error(
-                "keeping model %s; loading the new one failed: %s",
-                self.state.version,
-                self.load_error,
-            )
-            return
-        self.state, self.config, self.load_error = state, config, None
-        log.info("serving model %s (%s)", state.version, ",".join(self.parts))
-
-    def _set_batching(
-        self, max_batch_size: int | None = None, batch_wait_timeout_s: float | None = None
-    ):
-        for method in self.batched:
-            fn = getattr(self, method)
-            if max_batch_size is not None:
-                fn.set_max_batch_size(int(max_batch_size))
-            if batch_wait_timeout_s is not None:
-                fn.set_batch_wait_timeout_s(float(batch_wait_timeout_s))
-
-    def _current(self) -> core.ModelState:
-        if self.state is None:
-            raise ModelUnavailable("the model is still loading")
-        return self.state
-
-
-@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64)
-class ItemEncoder(_ModelReplica):
-    """CLIP towers: vectors of new (non-catalog) items and encodings of target descriptions."""
-
-    parts = ("encoder",)
-    batched = ("encode_new", "encode_texts")
-
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
-    async def encode_new(self, requests: list[list[NewItem]]) -> list[tuple[str, np.ndarray]]:
-        state = self._current()
-        flat = [item for items in requests for item in items]
-        vectors = await asyncio.to_thread(core.ItemEncoder(state).encode_new, flat)  # (M, D)
-        return [(state.version, part) for part in _split(vectors, [len(r) for r in requests])]
-
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
-    async def encode_texts(self, requests: list[list[str]]) -> list[tuple[str, Any]]:
-        state = self._current()
-        flat = [text for texts in requests for text in texts]
-        encoded = await asyncio.to_thread(core.ItemEncoder(state).encode_texts, flat)
-        return [
-            (state.version, part) for part in core.split_texts(encoded, [len(r) for r in requests])
-        ]
-
-
-@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64)
-class OutfitScorer(_ModelReplica):
-    """The outfit transformer: compatibility of outfits and retrieval query vectors."""
-
-    parts = ("scorer",)
-    batched = ("score", "query")
-
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
-    async def score(self, requests: list[list[list[core.Member]]]) -> list[tuple[str, np.ndarray]]:
-        state = self._current()
-        flat = [outfit for outfits in requests for outfit in outfits]
-        probs = await asyncio.to_thread(core.Scorer(state).score, flat)  # (B,)
-        return [(state.version, part) for part in _split(probs, [len(r) for r in requests])]
-
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
-    async def query(self, requests: list[tuple]) -> list[tuple[str, np.ndarray | None]]:
-        """Each request: (contexts, (text version, encoded texts), categories).
-
-        Texts encoded by another model version (a swap in between) are not computed: the answer
-        (this version, None) tells the caller to re-run the request.
-        """
-        state = self._current()
-        fresh = [r[1][0] == state.version for r in requests]
-        current = [r for r, ok in zip(requests, fresh, strict=True) if ok]
-        contexts = [c for ctx, _, _ in current for c in ctx]
-        cats = [c for _, _, cs in current for c in cs]
-        texts = core.concat_texts([enc for _, (_, enc), _ in current])
-        queries = (
-            await asyncio.to_thread(core.Scorer(state).query, contexts, texts, cats)  # (Q, D)
-            if current
-            else None
-        )
-        parts = iter(_split(queries, [len(r[0]) for r in current]) if current else [])
-        return [(state.version, next(parts) if ok else None) for ok in fresh]
-
-    async def info(self) -> dict[str, Any]:
-        info = core.model_info(self._current())
-        return {**info, "load_error": self.load_error}
-
-
-@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64)
-class Retriever(_ModelReplica):
-    """The faiss index of the served model version."""
-
-    parts = ("retriever",)
-
-    async def search(self, queries: np.ndarray, k: int, categories, excludes) -> tuple[str, list]:
-        state = self._current()
-        hits = await asyncio.to_thread(
-            core.Retriever(state).search, queries, k, categories, excludes
-        )
-        return state.version, hits
 
 
 def _split(array, sizes: list[int]) -> list:
     return np.split(np.asarray(array), np.cumsum(sizes)[:-1]) if sizes else []
 
 
-_RETRIES = 3  # model calls are pure reads: safe to re-send when a replica died under them
+class BatchedBackend:
+    """`service.ModelBackend` of one replica: concurrent requests merged into one model call.
 
+    Each batch runs on the version loaded when it starts (`self.state` may be swapped meanwhile)
+    in a worker thread, so the replica's event loop keeps parsing and answering requests.
+    """
 
-async def _call(method, *args):
-    """`await method.remote(*args)`, re-sent when the replica it went to died or went away."""
-    from ray.exceptions import ActorDiedError, ActorUnavailableError
-    from ray.serve.exceptions import DeploymentUnavailableError, ReplicaUnavailableError
+    def __init__(self):
+        self.state: core.ModelState | None = None
+        self.load_error: str | None = None  # why the last reload failed (the old one kept)
 
-    transient = (ActorDiedError, ActorUnavailableError, ReplicaUnavailableError)
-    for attempt in range(_RETRIES + 1):
-        try:
-            return await method.remote(*args)
-        except transient as err:
-            if attempt == _RETRIES:
-                raise ModelUnavailable(
-                    f"model replicas unavailable: {type(err).__name__}"
-                ) from None
-            log.warning(
-                "re-sending a request after %s (attempt %d)", type(err).__name__, attempt + 1
-            )
-            await asyncio.sleep(0.1 * 2**attempt)
-        except DeploymentUnavailableError as err:
-            raise ModelUnavailable(str(err)) from None
-    raise AssertionError("unreachable")
+    def current(self) -> core.ModelState:
+        if self.state is None:
+            raise ModelUnavailable("the model is still loading")
+        return self.state
 
+    def set_batching(self, max_batch_size: int, batch_wait_timeout_s: float) -> None:
+        for fn in (self._encode_new, self._score, self._retrieve):
+            fn.set_max_batch_size(int(max_batch_size))
+            fn.set_batch_wait_timeout_s(float(batch_wait_timeout_s))
 
-class HandleBackend:
-    """`service.ModelBackend` over deployment handles."""
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
+    async def _encode_new(self, requests: list[list]) -> list[tuple[str, np.ndarray]]:
+        state = self.current()
+        flat = [item for items in requests for item in items]
+        vectors = await asyncio.to_thread(core.encode_new_items, state, flat)  # (M, D)
+        return [(state.version, part) for part in _split(vectors, [len(r) for r in requests])]
 
-    def __init__(
-        self, encoder: DeploymentHandle, scorer: DeploymentHandle, retriever: DeploymentHandle
-    ):
-        self.encoder, self.scorer, self.retriever = encoder, scorer, retriever
-        self._info: tuple[float, dict] | None = None
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
+    async def _score(self, requests: list[list]) -> list[tuple[str, np.ndarray]]:
+        state = self.current()
+        flat = [outfit for outfits in requests for outfit in outfits]
+        probs = await asyncio.to_thread(core.score_outfits, state, flat)  # (B,)
+        return [(state.version, part) for part in _split(probs, [len(r) for r in requests])]
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
+    async def _retrieve(self, requests: list[tuple]) -> list[tuple[str, list]]:
+        """Each request: (contexts, texts, categories, k, excludes); one search at the largest k."""
+        state = self.current()
+        contexts, texts, cats, excludes = [], [], [], []
+        for ctx, txt, cat, _, exc in requests:
+            contexts += ctx
+            texts += txt
+            cats += cat
+            excludes += exc
+        k = max(r[3] for r in requests)
+        hits = await asyncio.to_thread(core.retrieve, state, contexts, texts, cats, k, excludes)
+        rows = iter(hits)
+        return [(state.version, [next(rows)[:k_r] for _ in ctx]) for ctx, _, _, k_r, _ in requests]
 
     async def encode_new(self, items):
-        return await _call(self.encoder.encode_new, items)
+        return await self._encode_new(items)
 
     async def score(self, outfits):
-        return await _call(self.scorer.score, outfits)
+        return await self._score(outfits)
 
-    async def query(self, contexts, texts, categories):
-        encoded = await _call(self.encoder.encode_texts, texts)  # (version, encodings)
-        text_version = encoded[0]
-        version, queries = await _call(self.scorer.query, (contexts, encoded, categories))
-        if version != text_version:
-            raise VersionSkew([text_version, version])
-        return version, queries
+    async def retrieve(self, contexts, texts, categories, k, excludes):
+        return await self._retrieve((contexts, texts, categories, k, excludes))
 
-    async def search(self, queries, k, categories, excludes):
-        return await _call(self.retriever.search, queries, k, categories, excludes)
-
-    async def info(self) -> dict:
-        now = time.monotonic()
-        if self._info is None or now - self._info[0] > 1.0:  # fresh within a second of a swap
-            self._info = (now, await _call(self.scorer.info))
-        return self._info[1]
+    async def info(self) -> dict[str, Any]:
+        return {**core.model_info(self.current()), "load_error": self.load_error}
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=128)
+@serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=32)
 @serve.ingress()
-class Ingress:
-    """The FastAPI app of `app.create_app`, its model calls going to the other deployments."""
+class Outfitter:
+    """The FastAPI app of `app.create_app` over the model version its `user_config` names."""
 
-    def __init__(self, encoder, scorer, retriever, data_dir: str, limits: dict[str, int]):
+    def __init__(self, data_dir: str, tracking_uri: str | None, device: str, defaults: dict):
         from outfitter.data import load_catalog
 
-        self.limits = Limits(**limits)
-        backend = HandleBackend(encoder, scorer, retriever)
-        self.service = CatalogService(load_catalog(data_dir), backend, self.limits)
+        self.data_dir, self.tracking_uri, self.device = data_dir, tracking_uri, device
+        self.defaults = defaults  # the builder's user_config; a config file may set only some keys
+        self.config: dict[str, Any] = {}
+        self.limits = Limits(**defaults.get("limits", {}))
+        core.set_threads(defaults.get("threads") or _cpus_of_this_replica())
+        self.catalog = load_catalog(data_dir)
+        self.backend = BatchedBackend()
+        self.service = CatalogService(self.catalog, self.backend, self.limits)
 
     def __serve_build_asgi_app__(self):
         from outfitter.platform.serving.app import create_app
 
         return create_app(self.service, self.limits)
 
+    async def reconfigure(self, config: dict[str, Any]) -> None:
+        config = {**self.defaults, **(config or {})}
+        backend = self.backend
+        batching = (config.get("max_batch_size", 16), config.get("batch_wait_timeout_s", 0.0))
+        backend.set_batching(*batching)
+        same = all(config.get(k) == self.config.get(k) for k in MODEL_KEYS)
+        if backend.state is not None and same:
+            self.config, backend.load_error = config, None  # (back to) the model being served
+            return
+        try:
+            state = await asyncio.to_thread(
+                core.load_state,
+                config["model_uri"],
+                self.data_dir,
+                tracking_uri=self.tracking_uri,
+                device=self.device,
+                catalog=self.catalog,
+                index_dir=config.get("index_dir"),
+            )
+        except Exception as err:
+            if backend.state is None:
+                raise  # nothing to serve: a clear startup error
+            backend.load_error = f"{config.get('model_uri')}: {type(err).__name__}: {err}"
+            log.error(
+                "keeping model %s; loading the new one failed: %s",
+                backend.state.version,
+                backend.load_error,
+            )
+            return
+        state.alias = config.get("alias") or state.alias
+        backend.state, self.config, backend.load_error = state, config, None  # the swap
+        log.info("serving model %s (%s)", state.version, config["model_uri"])
 
-MODEL_DEPLOYMENTS = ("ItemEncoder", "OutfitScorer", "Retriever")
+    async def info(self) -> dict[str, Any]:
+        """What GET /v1/model reports, and why the last reload failed (handle calls, tests)."""
+        return await self.backend.info()
 
 
-def user_configs(args: AppArgs) -> dict[str, dict[str, Any]]:
-    """The `user_config` of each model deployment; a config's `deployments[].user_config` wins."""
-    model = {"model_uri": args.model_uri, "revision": args.revision, "index_dir": args.index_dir}
-    batching = {
+def _cpus_of_this_replica() -> int:
+    """The CPUs Ray gave this replica (at least 1), not the host's: thread pools sized to it."""
+    import ray
+
+    try:
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
+    except Exception:  # outside a Ray worker (tests constructing the class directly)
+        cpus = 1
+    return max(1, int(cpus))
+
+
+def user_config(args: AppArgs) -> dict[str, Any]:
+    """The deployment's `user_config`; a config's `deployments[].user_config` wins key by key."""
+    return {
+        "model_uri": args.model_uri,
+        "revision": args.revision,
+        "index_dir": args.index_dir,
         "max_batch_size": args.max_batch_size,
         "batch_wait_timeout_s": args.batch_wait_timeout_s,
-    }
-    return {
-        "ItemEncoder": {**model, **batching},
-        "OutfitScorer": {**model, **batching},
-        "Retriever": model,
     }
 
 
 def build_app(args: AppArgs | dict[str, Any]) -> serve.Application:
-    """The Serve application: the builder named by `import_path` in serve_configs/*.yaml."""
-    from outfitter.platform.serving.launch import absolute_args
+    """The Serve application: the builder named by `import_path` in serve_configs/*.yaml.
+
+    A registry alias in `model_uri` is resolved here, once, to the version it names now: every
+    replica (a restart, an autoscaler scale-up) then loads that version, whatever the alias
+    points at later. `outfitter serve` pins the same way in the config it deploys.
+    """
+    from outfitter.platform.serving.launch import absolute_args, pin_model_uri
 
     args = args if isinstance(args, AppArgs) else AppArgs.model_validate(args)
     args = AppArgs.model_validate(absolute_args(args.model_dump()))  # as `serve run` from here
     if args.tracking_uri:
         os.environ["MLFLOW_TRACKING_URI"] = args.tracking_uri
     Limits(**args.limits)  # fail at deploy time on an unknown limit
-    configs = user_configs(args)
-    common = (args.data_dir, args.tracking_uri, args.device)
-    deployments = {d.name: d for d in (ItemEncoder, OutfitScorer, Retriever)}
-    encoder, scorer, retriever = (
-        deployments[name].options(user_config=configs[name]).bind(*common, configs[name])
-        for name in MODEL_DEPLOYMENTS
+    config = user_config(args)
+    pinned, alias = pin_model_uri(args.model_uri, args.tracking_uri)
+    config.update(model_uri=pinned, alias=alias)
+    defaults = {**config, "limits": args.limits, "threads": args.threads}
+    return Outfitter.options(user_config=config).bind(
+        args.data_dir, args.tracking_uri, args.device, defaults
     )
-    return Ingress.bind(encoder, scorer, retriever, args.data_dir, args.limits)

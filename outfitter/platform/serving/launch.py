@@ -3,9 +3,9 @@
 The YAML is a standard Serve config (`http_options`, `applications[].import_path/args/deployments`),
 so `serve run serve_configs/local.yaml` and `serve deploy` accept it unchanged. On top of what
 Ray does, this entry point makes relative paths in our applications' `args` absolute (replicas
-may start in another working directory) and pins `args.revision` to the registry version the
-model alias points at now: re-running `outfitter serve` after a promotion changes the model
-deployments' `user_config`, which hot-swaps the model and its index in place.
+may start in another working directory) and pins the model: the deployment's `user_config` gets
+the concrete `models:/NAME/N` the alias points at now. Re-running `outfitter serve` after a
+promotion changes only that `user_config`, which hot-swaps the model and its index in place.
 """
 
 from __future__ import annotations
@@ -63,14 +63,16 @@ def absolute_args(args: dict[str, Any], base: Path | None = None) -> dict[str, A
 
 
 def prepare_config(config: dict[str, Any], *, base: Path | None = None, pin: bool = True) -> dict:
-    """A copy of `config` with our apps' paths made absolute and their model pinned.
+    """A copy of `config` with our apps' paths made absolute and their model version pinned.
 
-    Pinning writes each model deployment's full `user_config` into `deployments[]` with
-    `revision` = the registry version the model URI points at now. Only `user_config` changes
-    between two applies after a promotion, so Serve reconfigures the running replicas in place
-    (a change of `args` would replace every replica instead).
+    Pinning writes the deployment's full `user_config` into `deployments[]` with `model_uri` =
+    the concrete `models:/NAME/N` the URI's alias points at now (and `revision` = N, `alias` =
+    the alias). Every replica, including one started later by a crash restart or the
+    autoscaler, loads that version; after a promotion, re-running this changes only
+    `user_config`, so Serve reconfigures the running replicas in place (a change of `args` would
+    replace them instead).
     """
-    from outfitter.platform.serving.deployments import AppArgs, user_configs
+    from outfitter.platform.serving.deployments import DEPLOYMENT, AppArgs, user_config
 
     base = Path(base or Path.cwd())
     config = copy.deepcopy(config)
@@ -79,17 +81,28 @@ def prepare_config(config: dict[str, Any], *, base: Path | None = None, pin: boo
             continue
         args = app["args"] = absolute_args(app.get("args") or {}, base)
         entries = {d["name"]: d for d in app.setdefault("deployments", [])}
-        for name, default in user_configs(AppArgs.model_validate(args)).items():
-            entry = entries.get(name) or {"name": name}
-            if name not in entries:
-                app["deployments"].append(entry)
-            user_config = {**default, **(entry.get("user_config") or {})}
-            uri = str(user_config["model_uri"])
-            user_config["model_uri"] = _absolute(uri, base)
-            if pin and uri.startswith("models:/"):
-                user_config["revision"] = _registry_version(uri, args.get("tracking_uri"))
-            entry["user_config"] = user_config
+        entry = entries.get(DEPLOYMENT) or {"name": DEPLOYMENT}
+        if DEPLOYMENT not in entries:
+            app["deployments"].append(entry)
+        default = user_config(AppArgs.model_validate(args))
+        config_ = {**default, **(entry.get("user_config") or {})}
+        uri = _absolute(str(config_["model_uri"]), base)
+        config_["model_uri"] = uri
+        if pin and uri.startswith("models:/"):
+            config_["model_uri"], config_["alias"] = pin_model_uri(uri, args.get("tracking_uri"))
+            config_["revision"] = config_["model_uri"].rsplit("/", 1)[-1]
+        entry["user_config"] = config_
     return config
+
+
+def pin_model_uri(model_uri: str, tracking_uri: str | None) -> tuple[str, str | None]:
+    """(`models:/NAME/N`, alias) for a registry alias URI; other URIs come back as they are."""
+    if not model_uri.startswith("models:/"):
+        return model_uri, None
+    name, _, alias = model_uri.removeprefix("models:/").partition("@")
+    if not alias:
+        return model_uri, None
+    return f"models:/{name}/{_registry_version(model_uri, tracking_uri)}", alias
 
 
 def _registry_version(model_uri: str, tracking_uri: str | None) -> str:

@@ -26,10 +26,12 @@ class Limits:
     max_text_chars: int = 500  # titles, descriptions, target descriptions
     max_image_bytes: int = 4 * 1024 * 1024  # decoded size of one image_b64
     max_image_pixels: int = 4096 * 4096  # width * height of one decoded image
+    max_request_pixels: int = 4096 * 4096  # all images of one request together (decoded RGB)
     max_k: int = 100  # results per retrieval
     max_exclude: int = 1000  # ids in one exclude list
     max_targets: int = 8  # blanks in one /v1/complete request
     max_list_limit: int = 200  # page size of GET /v1/items
+    max_in_flight: int = 64  # model requests one replica holds at once; more get 503 + Retry-After
 
 
 LIMITS = Limits()

@@ -1,14 +1,16 @@
 """What each endpoint means, over any model backend: in-process (tests, plain FastAPI) or Ray Serve.
 
-`CatalogService` validates item references against the catalog, decodes uploaded images, and
-composes the backend's four operations (embed new items, score outfits, encode retrieval queries,
-search the index). Every backend answer carries the model version that produced it; when a hot
-swap lands in the middle of a request and two answers disagree, the request is re-run, so a
-response never mixes two model versions.
+`CatalogService` validates item references against the catalog, decodes uploaded images (in a
+thread, within a per-request pixel budget, shrunk to the image tower's input size), and composes
+the backend's three operations (embed new items, score outfits, retrieve: query then search).
+Every backend answer carries the model version that produced it; when a hot swap lands in the
+middle of a request and two answers disagree, the request is re-run, so a response never mixes
+two model versions.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from outfitter.data.types import CATEGORIES, CATEGORY_INDEX, Catalog
-from outfitter.platform.serving.errors import ServingError, decode_image_b64
+from outfitter.platform.serving.errors import ServingError, decode_images
 from outfitter.platform.serving.schemas import (
     LIMITS,
     CatalogItem,
@@ -61,19 +63,24 @@ class ModelBackend(Protocol):
 
     async def score(self, outfits: list[list[Member]]) -> tuple[str, np.ndarray]: ...
 
-    async def query(
-        self, contexts: list[list[Member]], texts: list[str], categories: list[int | None]
-    ) -> tuple[str, np.ndarray]: ...
-
-    async def search(
-        self, queries: np.ndarray, k: int, categories: list[int | None], excludes: list[set[str]]
-    ) -> tuple[str, list]: ...
+    async def retrieve(
+        self,
+        contexts: list[list[Member]],
+        texts: list[str],
+        categories: list[int | None],
+        k: int,
+        excludes: list[set[str]],
+    ) -> tuple[str, list[list]]: ...
 
     async def info(self) -> dict[str, Any]: ...
 
 
 class VersionSkew(Exception):
     """Two parts of one request were answered by different model versions."""
+
+
+def _new(refs: list[ItemRef]) -> list[ItemRef]:
+    return [r for r in refs if not r.is_catalog]
 
 
 def _same(*versions: str | None) -> str:
@@ -121,17 +128,17 @@ class CatalogService:
     async def _members(self, refs: list[ItemRef], field: str) -> tuple[list[Member], str | None]:
         """Catalog ids as they are, new items embedded by the backend; plus that model version."""
         self._check_ids([r.item_id for r in refs if r.is_catalog], field)
-        new = [
-            NewItem(
-                r.title,
-                r.description,
-                decode_image_b64(r.image_b64, f"{field}.{i}.image_b64", self.limits),
-            )
-            for i, r in enumerate(refs)
-            if not r.is_catalog
+        uploads = [
+            (f"{field}.{i}.image_b64", r.image_b64) for i, r in enumerate(refs) if not r.is_catalog
         ]
-        if not new:
+        if not uploads:
             return [r.item_id for r in refs], None
+        side = (await self.backend.info()).get("image_size")
+        # Decoding is CPU work: a thread, so the event loop keeps answering other requests.
+        images = await asyncio.to_thread(decode_images, uploads, self.limits, side)
+        new = [
+            NewItem(r.title, r.description, im) for r, im in zip(_new(refs), images, strict=True)
+        ]
         version, vectors = await self.backend.encode_new(new)  # (M, D)
         it = iter(vectors)
         return [r.item_id if r.is_catalog else next(it) for r in refs], version
@@ -208,10 +215,9 @@ class CatalogService:
         """Top-k catalog items per target, given the context outfit (`members` of `refs`)."""
         cats = [None if t.category is None else CATEGORY_INDEX[t.category] for t in targets]
         texts = [t.description for t in targets]
-        v_query, queries = await self.backend.query([members] * len(targets), texts, cats)  # (T, D)
         skip = set(exclude) | {r.item_id for r in refs if r.is_catalog}
-        v_search, hits = await self.backend.search(queries, k, cats, [skip] * len(targets))
-        version = _same(v_query, v_search)
+        n = len(targets)
+        version, hits = await self.backend.retrieve([members] * n, texts, cats, k, [skip] * n)
         return version, [[self._retrieved(h) for h in row] for row in hits]
 
     def _retrieved(self, hit) -> RetrievedItem:
