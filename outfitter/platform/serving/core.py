@@ -90,7 +90,7 @@ def load_state(
     state = _load_model(resolved, resolve_device(device))
     state.builder = InputBuilder.for_model(state.model, catalog or load_catalog(Path(data_dir)))
     if folder is not None:
-        state.index = CatalogIndex.load(folder)
+        state.index = CatalogIndex.load(folder, use_gpu=state.device.type == "cuda")
     else:
         from outfitter.platform.index import build_index
 
