@@ -1,4 +1,5 @@
-"""Catalog data: Polyvore Outfits (native format), Amazon co-purchase, the synthetic catalog,
+"""Catalog data: Polyvore Outfits (native format), Amazon co-purchase (both read by
+`load_catalog`/`load_split`, the format detected from the folder), the synthetic catalog,
 validation, feature tables and the id-level PyTorch datasets.
 
 Plain Python + numpy + PyTorch: this package never imports Ray or MLflow. The synthetic catalog
@@ -7,7 +8,8 @@ modules, so `import outfitter.data` stays light.
 """
 
 from outfitter.data.errors import DatasetError
-from outfitter.data.polyvore import load_catalog, load_outfit_titles, load_split
+from outfitter.data.formats import FORMATS, detect_format, load_catalog, load_split
+from outfitter.data.polyvore import load_outfit_titles
 from outfitter.data.types import (
     CATEGORIES,
     CATEGORY_INDEX,
@@ -15,6 +17,7 @@ from outfitter.data.types import (
     CompatibilityQuestion,
     FITBQuestion,
     Item,
+    ItemPair,
     Outfit,
     Split,
 )
@@ -27,11 +30,14 @@ __all__ = [
     "CompatibilityQuestion",
     "DatasetError",
     "FITBQuestion",
+    "FORMATS",
     "Item",
+    "ItemPair",
     "Outfit",
     "Split",
     "ValidationReport",
     "check_dataset",
+    "detect_format",
     "load_catalog",
     "load_outfit_titles",
     "load_split",

@@ -23,12 +23,13 @@ import gzip
 import json
 import random
 import re
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from outfitter.data.errors import DatasetError
-from outfitter.data.types import Catalog, Item
+from outfitter.data.types import Catalog, Item, ItemPair
 
 LINK_WEIGHTS = {"bought_together": 1.0, "also_bought": 0.5}
 RECIPROCAL_BONUS = 0.25
@@ -52,16 +53,6 @@ KEYWORDS: dict[str, str] = {
     for stem in stems.split()
     for form in (stem, stem + "s", stem + "es")
 }
-
-
-@dataclass(frozen=True)
-class ItemPair:
-    """Two catalog items: label 1 = co-purchased (compatible), 0 = sampled negative."""
-
-    a: str
-    b: str
-    label: int
-    weight: float  # compatibility weight (module docstring); 1.0 for negatives
 
 
 @dataclass
@@ -109,20 +100,43 @@ def read_records(path: Path) -> Iterator[tuple[int, dict]]:
                     continue
                 try:
                     record = json.loads(line)
-                except json.JSONDecodeError:
+                except (ValueError, RecursionError):  # huge ints and deep nesting included
                     try:
                         record = ast.literal_eval(line)  # the 2014 dump: Python dict literals
-                    except (ValueError, SyntaxError, MemoryError, RecursionError):
+                    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
                         raise DatasetError(
                             f"{path}:{lineno}: neither JSON nor a Python literal: {line[:80]!r}"
                         ) from None
                 if not isinstance(record, dict) or "asin" not in record:
                     raise DatasetError(f"{path}:{lineno}: expected an object with an `asin`")
+                _check_types(record, f"{path}:{lineno}")
                 yield lineno, record
-    except (OSError, EOFError, UnicodeDecodeError) as e:
+    except (OSError, EOFError, UnicodeDecodeError, zlib.error) as e:
         raise DatasetError(
             f"{path}: cannot read ({type(e).__name__}: {e}); truncated or corrupt?"
         ) from None
+
+
+def _check_types(record: dict, where: str) -> None:
+    """The fields the reader relies on have the dump's types (a wrong one names file and line)."""
+    asin = record["asin"]
+    if not isinstance(asin, str) or not asin.strip() or "/" in asin:
+        raise DatasetError(f"{where}: `asin` must be a non-empty string id, got {asin!r:.60}")
+    related = record.get("related")
+    if related is not None and not isinstance(related, dict):
+        raise DatasetError(f"{where}: `related` must be an object, got {type(related).__name__}")
+    for kind in LINK_WEIGHTS:
+        links = (related or {}).get(kind)
+        if links is not None and not (
+            isinstance(links, list) and all(isinstance(x, str) for x in links)
+        ):
+            raise DatasetError(
+                f"{where}: `related.{kind}` must be a list of asins, got {links!r:.60}"
+            )
+    for key in ("title", "description"):
+        value = record.get(key)
+        if value is not None and not isinstance(value, (str, list, int, float)):
+            raise DatasetError(f"{where}: `{key}` must be text, got {type(value).__name__}")
 
 
 def _item(record: dict) -> tuple[Item | None, str]:

@@ -18,9 +18,8 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import Dataset
 
-from outfitter.data.amazon import ItemPair
 from outfitter.data.errors import DatasetError
-from outfitter.data.types import Catalog, FITBQuestion, Outfit, Split
+from outfitter.data.types import Catalog, FITBQuestion, ItemPair, Outfit, Split
 
 
 def _rng(seed: int, epoch: int, index: int) -> random.Random:
@@ -153,7 +152,16 @@ class PairDataset(_EpochDataset):
     fraction for outfits (`from_split`).
     """
 
-    def __init__(self, catalog: Catalog, pairs: Sequence[ItemPair], *, seed: int = 0):
+    def __init__(
+        self,
+        catalog: Catalog,
+        pairs: Sequence[ItemPair],
+        *,
+        seed: int = 0,
+        negatives_from_pairs: bool = False,
+    ):
+        """`negatives_from_pairs`: draw negatives among the pairs' items only (never products
+        of other splits, and no shortcut of telling linked items from never-linked ones)."""
         positives = [p for p in pairs if p.label == 1]
         unknown = [i for p in positives for i in (p.a, p.b) if i not in catalog.items]
         if unknown:
@@ -167,17 +175,24 @@ class PairDataset(_EpochDataset):
         ]
         self.linked = {(a, b) for a, b, _ in self.pairs}
         self.pools: dict[int, list[str]] = {}
-        for item in catalog.items.values():
-            self.pools.setdefault(item.category_index, []).append(item.item_id)
+        pool_ids = list(catalog.items)
+        if negatives_from_pairs:
+            pool_ids = sorted({i for a, b, _ in self.pairs for i in (a, b)})
+        for item_id in pool_ids:
+            self.pools.setdefault(catalog.items[item_id].category_index, []).append(item_id)
         self.catalog, self.seed = catalog, seed
 
     @classmethod
     def from_split(cls, split: Split, catalog: Catalog, *, seed: int = 0) -> PairDataset:
-        """Cross-category pairs of the split's outfits.
+        """Cross-category pairs of the split's outfits, or the split's own weighted `pairs`.
 
-        weight(a, b) = (#outfits with both a and b) / min(#outfits with a, #outfits with b):
-        1.0 for items only ever worn together, lower for items that also appear apart.
+        A pair dataset's split (Amazon co-purchase, `amazon_splits`) carries its pairs with their
+        co-purchase weights; for outfits, weight(a, b) = (#outfits with both a and b) /
+        min(#outfits with a, #outfits with b): 1.0 for items only ever worn together, lower for
+        items that also appear apart.
         """
+        if split.pairs:
+            return cls(catalog, split.pairs, seed=seed, negatives_from_pairs=True)
         _check_items(split.outfits, catalog, f"{split.version}/{split.name}")
         seen = Counter(i for o in split.outfits for i in set(o.item_ids))
         together: Counter = Counter()

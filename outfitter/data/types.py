@@ -59,6 +59,16 @@ class Outfit:
 
 
 @dataclass(frozen=True)
+class ItemPair:
+    """Two catalog items: label 1 = compatible (e.g. co-purchased), 0 = a sampled negative."""
+
+    a: str
+    b: str
+    label: int
+    weight: float  # compatibility weight of a positive (Amazon: co-purchase strength); 1.0 else
+
+
+@dataclass(frozen=True)
 class CompatibilityQuestion:
     """One line of `compatibility_{split}.txt`: label 1 = a real outfit, 0 = items mixed."""
 
@@ -87,6 +97,9 @@ class Split:
     # training then builds its samples from `outfits`.
     compatibility: list[CompatibilityQuestion] = field(default_factory=list)
     fitb: list[FITBQuestion] = field(default_factory=list)
+    # Weighted positive pairs of a pair dataset (Amazon co-purchase, `data.amazon_splits`): the
+    # triplet loss reads their weights; empty for outfit datasets (weights come from outfits).
+    pairs: list[ItemPair] = field(default_factory=list)
 
 
 @dataclass
