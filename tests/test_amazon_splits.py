@@ -93,7 +93,7 @@ def test_pair_dataset_reads_copurchase_weights(amazon_dir):
 def test_format_detection(amazon_dir, tmp_path, polyvore_mini):
     assert detect_format(amazon_dir) == "amazon"
     assert detect_format(polyvore_mini) == "polyvore"
-    with pytest.raises(DatasetError, match="neither a Polyvore Outfits folder"):
+    with pytest.raises(DatasetError, match="neither a Polyvore Outfits nor an Amazon"):
         detect_format(tmp_path)
     both = tmp_path / "both"
     shutil.copytree(polyvore_mini, both)

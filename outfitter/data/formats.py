@@ -38,6 +38,7 @@ def detect_format(root: str | Path, fmt: str | None = None) -> str:
         return fmt
     if not root.exists():
         raise DatasetError(f"{root}: dataset folder not found")
+    # A folder of neither format: name the files looked for (one line, no traceback in the CLI)
     polyvore_found = root.is_dir() and (root / polyvore.METADATA_FILE).is_file()
     amazon_found = _has_amazon(root)
     if polyvore_found and amazon_found:
@@ -50,8 +51,9 @@ def detect_format(root: str | Path, fmt: str | None = None) -> str:
     if amazon_found:
         return "amazon"
     raise DatasetError(
-        f"{root}: neither a Polyvore Outfits folder ({polyvore.METADATA_FILE}) nor an Amazon "
-        "co-purchase folder (one meta*.json[.gz] or *.jsonl[.gz] file)"
+        f"{root / polyvore.METADATA_FILE}: file not found, nor an Amazon metadata file "
+        "(meta*.json[.gz], *.jsonl[.gz]): neither a Polyvore Outfits nor an Amazon co-purchase "
+        "folder"
     )
 
 
@@ -71,6 +73,7 @@ def load_split(
 ) -> Split:
     """One split of one version: Polyvore outfits and tasks, or Amazon pairs as two-item outfits
     (`amazon_splits`: `nondisjoint` splits pairs, `disjoint` splits products)."""
+    polyvore.check_version(version, split)  # the same versions and splits in both formats
     if detect_format(root, fmt) == "amazon":
         return amazon_splits.load_amazon_split(root, version, split, catalog)
     return polyvore.load_split(root, version, split, catalog)
