@@ -72,6 +72,21 @@ class TargetCfg:
     source: str = "title"  # training description of the target: its title | its full text
     prompt_prob: float = 0.5  # probability of replacing the description by the category prompt
     prompt_template: str = "a photo of {category}"  # category prompt; {category} = e.g. "shoes"
+    subset_prob: float = 0.0  # training: share of descriptions cut to a random subset of words
+    infer_category: bool = False  # a head infers the category of a description given without one
+    category_drop: float = 0.0  # training: share of targets whose category input is hidden
+    category_threshold: float = 0.5  # inferred category's probability above which search keeps
+    #                                  to that category (below: the whole catalog)
+
+
+@dataclass(frozen=True)
+class WordsCfg:
+    """A learned bag of hashed words over item texts and target descriptions: the lexical channel
+    that frozen CLIP text features carry only weakly (the words a user types to name an item)."""
+
+    buckets: int = 0  # hash buckets of the word vocabulary (`model.words`); 0 = no word bag
+    dim: int = 64  # word embedding width
+    source: str = "title"  # what of an item the bag reads: its title | its full text
 
 
 @dataclass(frozen=True)
@@ -84,6 +99,7 @@ class LossCfg:
     retrieval_weight: float = 1.0  # weight of retrieval_loss (InfoNCE)
     temperature: float = 0.07  # InfoNCE softmax temperature
     category_negatives: int = 4  # extra same-category negatives sampled per retrieval target
+    category_weight: float = 1.0  # weight of category_loss (target.infer_category's head)
     triplet_margin: float = 0.2  # sun2020: margin, scaled by the positive pair's weight
     triplet_weight: float = 1.0  # sun2020: weight of triplet_loss
 
@@ -127,6 +143,7 @@ class ModelConfig:
     item: ItemCfg = field(default_factory=ItemCfg)
     transformer: TransformerCfg = field(default_factory=TransformerCfg)
     target: TargetCfg = field(default_factory=TargetCfg)
+    words: WordsCfg = field(default_factory=WordsCfg)
     loss: LossCfg = field(default_factory=LossCfg)
     sun2020: Sun2020Cfg = field(default_factory=Sun2020Cfg)
     optim: OptimCfg = field(default_factory=OptimCfg)
@@ -281,6 +298,26 @@ def validate(cfg: ModelConfig) -> None:
         f"target.prompt_template={tg.prompt_template!r}: must contain {{category}}",
     )
     _check(tg.use_text or tg.use_category, "target: use_text and use_category are both false")
+    for name, p in [("target.subset_prob", tg.subset_prob), ("target.category_drop",
+                    tg.category_drop), ("target.category_threshold", tg.category_threshold)]:
+        _check(0.0 <= p <= 1.0, f"{name}={p}: must be in [0, 1]")
+    _check(
+        not tg.infer_category or tg.use_text,
+        "target.infer_category=true needs target.use_text=true (it reads the description)",
+    )
+    _check(
+        tg.category_drop == 0 or tg.infer_category,
+        f"target.category_drop={tg.category_drop} needs target.infer_category=true",
+    )
+    _check(
+        cfg.words.buckets == 0 or cfg.words.buckets >= 2,
+        f"words.buckets={cfg.words.buckets}: must be 0 (off) or >= 2",
+    )
+    _check(cfg.words.dim > 0, f"words.dim={cfg.words.dim}: must be > 0")
+    _check(
+        cfg.words.source in TARGET_SOURCES,
+        f"words.source={cfg.words.source!r}: one of {TARGET_SOURCES}",
+    )
     _check(
         loss.compatibility in COMPAT_LOSSES,
         f"loss.compatibility={loss.compatibility!r}: must be one of {COMPAT_LOSSES}",

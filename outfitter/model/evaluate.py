@@ -6,6 +6,12 @@
 - `fitb_accuracy_compat`: the compatibility score of each completed outfit.
 - `recall_at_10`: one item held out of each outfit (a fixed seeded choice), queried by its
   category prompt and ranked against every catalog item of its category (context items excluded).
+- Description-conditioned retrieval, as a user asks for the held-out item (`retrieval_*`): its
+  description is its own title (`title`) or its last word and one other (`short`, e.g. "leather
+  boots"), with the category given (`*_cat`) or not, searched as `model.retrieval` plans it (the
+  inferred category, or the whole catalog); `*_recall_at_10` of the held-out item and
+  `*_in_category`, the share of the top 10 in its category. `keyword_*`: the same queries through
+  a TF-IDF search over titles (`model.keyword`), which ignores the outfit.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ import torch
 
 from outfitter.data.types import Catalog, Split
 from outfitter.model import metrics
+from outfitter.model.keyword import KeywordSearch
+from outfitter.model.retrieval import query_vectors, search_mask
 
 
 @torch.no_grad()
@@ -54,17 +62,29 @@ def _compat_scores(model, vecs, outfits: list[list[int]], batch_size: int) -> np
 
 
 @torch.no_grad()
-def _queries(model, builder, vecs, contexts, categories, batch_size) -> torch.Tensor:
-    """Query vectors (Q, D) for outfit contexts and wanted categories (category prompts)."""
-    out = []
+def _queries(model, builder, vecs, contexts, categories, batch_size, texts=None):
+    """Query vectors (Q, D) for outfit contexts and descriptions `texts` (default: the category
+    prompts of `categories`), and the categories searched (Q,) (None = whole catalog)."""
+    if texts is None:
+        texts = [builder.prompt(int(c)) for c in categories]
+    out, search = [], []
     for i in range(0, len(contexts), batch_size):
         items, mask = _pad(contexts[i : i + batch_size])
-        cats = categories[i : i + batch_size]
-        text = builder.target_text(None, cats, None)
-        text = {k: v.to(vecs.device) for k, v in text.items()}
-        cat_t = torch.tensor(cats, device=vecs.device)
-        out.append(model.query(vecs[items.to(vecs.device)], mask.to(vecs.device), text, cat_t))
-    return torch.cat(out)
+        q, plan = query_vectors(
+            model, builder, vecs[items.to(vecs.device)], mask.to(vecs.device),
+            texts[i : i + batch_size], categories[i : i + batch_size],
+        )  # fmt: skip
+        out.append(q)
+        search.extend(plan.search)
+    return torch.cat(out), search
+
+
+def short_description(title: str, rng: np.random.Generator) -> str:
+    """A title as a user shortens it: its last word (a product title's noun) and one other."""
+    words = title.split()
+    if len(words) <= 2:
+        return title
+    return f"{words[int(rng.integers(len(words) - 1))]} {words[-1]}"
 
 
 def _holdouts(split: Split, seed: int) -> list[tuple[list[str], str]]:
@@ -117,9 +137,9 @@ def evaluate(
             Counter(catalog.items[i].category_index for i in q.answers).most_common(1)[0][0]
             for q in split.fitb
         ]
-        query = _queries(model, builder, vecs, questions, cats, batch_size)  # (Q, D)
+        query, _ = _queries(model, builder, vecs, questions, cats, batch_size)  # (Q, D)
         by_query = torch.einsum("qd,qcd->qc", query, vecs[answers.to(vecs.device)])
-        result["fitb_accuracy"] = metrics.fitb_accuracy(by_query.cpu().numpy(), correct)
+        result["fitb_accuracy"] = metrics.fitb_accuracy(by_query.float().cpu().numpy(), correct)
 
     held = _holdouts(split, seed)
     result["n_recall"] = len(held)
@@ -129,14 +149,65 @@ def evaluate(
         contexts = [[row[i] for i in c] for c, _ in held]
         targets = np.array([row[t] for _, t in held])
         cats = [int(item_cat[t]) for t in targets]
-        query = _queries(model, builder, vecs, contexts, cats, batch_size)  # (Q, D)
+        query, _ = _queries(model, builder, vecs, contexts, cats, batch_size)  # (Q, D)
         hits = 0.0
         for i in range(0, len(held), 256):  # chunks: (Q, M) scores of a whole catalog are big
-            scores = (query[i : i + 256] @ vecs.T).cpu().numpy()  # (q, M)
+            scores = (query[i : i + 256] @ vecs.T).float().cpu().numpy()  # (q, M)
             valid = item_cat[None, :] == np.array(cats[i : i + 256])[:, None]  # right category
             for q, context in enumerate(contexts[i : i + 256]):
                 valid[q, context] = False
             chunk = metrics.recall_at_k(scores, targets[i : i + 256], recall_k, valid)
             hits += chunk * len(scores)
         result[f"recall_at_{recall_k}"] = hits / len(held)
+        result.update(
+            description_retrieval(model, builder, catalog, vecs, held, batch_size, recall_k, seed)
+        )
     return result
+
+
+@torch.no_grad()
+def description_retrieval(
+    model, builder, catalog: Catalog, vecs, held, batch_size: int = 64, k: int = 10,
+    seed: int = 0,
+) -> dict[str, float]:  # fmt: skip
+    """`retrieval_*` and `keyword_*` metrics (module docstring) of held-out (context, item)."""
+    ids = catalog.item_ids
+    row = {item_id: r for r, item_id in enumerate(ids)}
+    item_cat = np.array([catalog.items[i].category_index for i in ids])
+    titles = [catalog.items[t].title for _, t in held]
+    rng = np.random.default_rng(seed)
+    descriptions = {"title": titles, "short": [short_description(t, rng) for t in titles]}
+    contexts = [[row[i] for i in c] for c, _ in held]
+    targets = np.array([row[t] for _, t in held])
+    target_cat = item_cat[targets]
+    keyword = KeywordSearch([catalog.items[i].title for i in ids])
+    out: dict[str, float] = {}
+    for name, texts in descriptions.items():
+        for with_cat in (False, True):
+            given = [int(c) for c in target_cat] if with_cat else [None] * len(held)
+            query, search = _queries(model, builder, vecs, contexts, given, batch_size, texts)
+            key = name + ("_cat" if with_cat else "")
+            model_hits = keyword_hits = model_share = keyword_share = 0.0
+            for i in range(0, len(held), 256):  # (q, M) chunks of the whole catalog
+                sl = slice(i, i + 256)
+                valid = search_mask(item_cat, search[sl])
+                for q, context in enumerate(contexts[sl]):
+                    valid[q, context] = False  # never the outfit's own items
+                n = valid.shape[0]
+                r, share = metrics.ranked_retrieval(
+                    (query[sl] @ vecs.T).float().cpu().numpy(), targets[sl], k, valid,
+                    target_cat[sl], item_cat,
+                )  # fmt: skip
+                model_hits, model_share = model_hits + r * n, model_share + share * n
+                kw_valid = search_mask(item_cat, given[sl])
+                for q, context in enumerate(contexts[sl]):
+                    kw_valid[q, context] = False
+                r, share = metrics.ranked_retrieval(
+                    keyword.scores(texts[sl]), targets[sl], k, kw_valid, target_cat[sl], item_cat
+                )
+                keyword_hits, keyword_share = keyword_hits + r * n, keyword_share + share * n
+            out[f"retrieval_{key}_recall_at_{k}"] = model_hits / len(held)
+            out[f"retrieval_{key}_in_category"] = model_share / len(held)
+            out[f"keyword_{key}_recall_at_{k}"] = keyword_hits / len(held)
+            out[f"keyword_{key}_in_category"] = keyword_share / len(held)
+    return out

@@ -6,6 +6,12 @@ the outfit token, whose output gives the compatibility logit, and the target ite
 from the CLIP text embedding of the wanted item's description and/or its category), whose
 output is a query vector in the item space: complementary items are retrieved by inner product.
 No positional embedding: an outfit is a set.
+
+With `words.buckets > 0` a learned bag of hashed words (`model/words.py`) reads the item texts and
+the target descriptions too: frozen CLIP text features of a tiny tower tell "boots" from "sneakers"
+only weakly, and the description must decide *what* is retrieved. With `target.infer_category` a
+head infers the category of a description (`category_logits`), and the category input of the
+target token has one more row, "unknown", for targets given without one.
 """
 
 from __future__ import annotations
@@ -28,6 +34,21 @@ def _mlp(d_in: int, hidden: int, d_out: int, dropout: float) -> nn.Sequential:
     )
 
 
+class WordBag(nn.Module):
+    """Mean of learned embeddings of hashed word ids (`model.words.word_ids`); 0 = padding.
+
+    Zero-initialised: a word never seen in training adds nothing to a text's vector.
+    """
+
+    def __init__(self, buckets: int, dim: int):
+        super().__init__()
+        self.embedding = nn.EmbeddingBag(buckets, dim, mode="mean", padding_idx=0)
+        nn.init.zeros_(self.embedding.weight)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.embedding(ids)  # (N, L) -> (N, W)
+
+
 class ItemEncoder(nn.Module):
     """Fuses CLIP image and text features of items into item vectors (concat | sum | gated)."""
 
@@ -47,9 +68,18 @@ class ItemEncoder(nn.Module):
             )
         if self.fusion == "gated":
             self.gate = nn.Linear(2 * d_in, item.dim)
+        self.uses_words = cfg.words.buckets > 0 and "text" in self.modalities
+        if self.uses_words:  # the item text's word bag, added to the fused vector
+            self.words_proj = _mlp(cfg.words.dim, item.hidden, item.dim, item.dropout)
 
-    def forward(self, image_feat: torch.Tensor | None, text_feat: torch.Tensor | None):
-        """Item vectors (U, D), L2-normalised, from features (U, Di) and (U, Dt)."""
+    def forward(
+        self,
+        image_feat: torch.Tensor | None,
+        text_feat: torch.Tensor | None,
+        words_feat: torch.Tensor | None = None,
+    ):
+        """Item vectors (U, D), L2-normalised, from features (U, Di), (U, Dt) and the word bag
+        of the item texts (U, W)."""
         feats = {"image": image_feat, "text": text_feat}
         for m in self.modalities:
             if feats[m] is None:
@@ -63,6 +93,10 @@ class ItemEncoder(nn.Module):
         else:
             g = torch.sigmoid(self.gate(torch.cat([image_feat, text_feat], dim=-1)))  # (U, D)
             x = g * self.proj["image"](image_feat) + (1 - g) * self.proj["text"](text_feat)
+        if self.uses_words:
+            if words_feat is None:
+                raise ValueError("the item encoder reads the items' words but the inputs have none")
+            x = x + self.words_proj(words_feat)  # (U, D)
         return F.normalize(x, dim=-1)
 
 
@@ -91,7 +125,18 @@ class HybridModel(nn.Module):
         self.outfit_token = nn.Parameter(torch.randn(dim) * 0.02)
         self.target_token = nn.Parameter(torch.randn(dim) * 0.02)
         self.target_text = nn.Linear(cfg.clip.embed_dim, dim) if tg.use_text else None
-        self.category = nn.Embedding(len(CATEGORIES), dim) if tg.use_category else None
+        uses_words = self.item_encoder.uses_words or tg.use_text
+        self.word_bag = WordBag(cfg.words.buckets, cfg.words.dim) if cfg.words.buckets and (
+            uses_words) else None  # fmt: skip
+        use_words = self.word_bag is not None and tg.use_text
+        self.target_words = nn.Linear(cfg.words.dim, dim) if use_words else None
+        self.query_words = nn.Linear(cfg.words.dim, dim) if use_words else None
+        n_cat = len(CATEGORIES) + (1 if tg.infer_category else 0)  # + "unknown"
+        self.category = nn.Embedding(n_cat, dim) if tg.use_category else None
+        self.category_head = None
+        if tg.infer_category:  # the category of a description, from its CLIP text + words
+            d_in = cfg.clip.embed_dim + (cfg.words.dim if use_words else 0)
+            self.category_head = _mlp(d_in, cfg.item.hidden, len(CATEGORIES), cfg.item.dropout)
         layer = nn.TransformerEncoderLayer(
             dim, tr.heads, tr.ff_dim, tr.dropout, activation="gelu", batch_first=True,
             norm_first=True,
@@ -118,7 +163,12 @@ class HybridModel(nn.Module):
             image = self._clip_image(inputs["pixels"])
         if text is None and "tokens" in inputs:
             text = self._clip_text(inputs["tokens"])
-        return self.item_encoder(image, text)
+        words = None
+        if self.item_encoder.uses_words:
+            if "words" not in inputs:
+                raise ValueError("this model reads the items' words; the inputs have no `words`")
+            words = self.word_bag(inputs["words"])  # (U, W)
+        return self.item_encoder(image, text, words)
 
     # ------------------------------------------------------------ outfits
 
@@ -141,16 +191,46 @@ class HybridModel(nn.Module):
         token = self.outfit_token.expand(item_vecs.shape[0], 1, -1)  # (B, 1, D)
         return self.compat_head(self._encode(token, item_vecs, mask)[:, 0]).squeeze(-1)  # (B,)
 
-    def target_tokens(self, target_text: dict | None, target_category: torch.Tensor | None):
-        """Target item token inputs (B, D): learned token + text projection + category embedding."""
+    def _description(self, target_text: dict | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """CLIP text features (B, Dt) and word bag (B, W) of target descriptions."""
+        if not target_text:
+            raise ValueError("this model's target token reads text; pass target_text")
+        feat = target_text.get("text_feat")
+        if feat is None:
+            feat = self._clip_text(target_text["tokens"])  # (B, Dt)
+        words = None
+        if self.target_words is not None:
+            if "words" not in target_text:
+                raise ValueError("this model reads the description's words; pass target_text words")
+            words = self.word_bag(target_text["words"])  # (B, W)
+        return feat, words
+
+    def category_logits(self, target_text: dict) -> torch.Tensor:
+        """Logits (B, C) of the category a description names (`target.infer_category` models)."""
+        if self.category_head is None:
+            raise ValueError(
+                f"model {self.cfg.name!r} has no category head (target.infer_category)"
+            )
+        feat, words = self._description(target_text)
+        x = feat if words is None else torch.cat([feat, words.to(feat.dtype)], dim=-1)
+        return self.category_head(x)  # (B, C)
+
+    def target_tokens(
+        self, description: tuple | None, target_category: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Target item token inputs (B, D): learned token + text projection + category embedding.
+
+        Args:
+            description: `_description(target_text)`, or None for a model without target text.
+            target_category: (B,) category indices, or `len(CATEGORIES)` ("unknown") for models
+                with `target.infer_category`.
+        """
         parts = []
         if self.target_text is not None:
-            if not target_text:
-                raise ValueError("this model's target token reads text; pass target_text")
-            feat = target_text.get("text_feat")
-            if feat is None:
-                feat = self._clip_text(target_text["tokens"])  # (B, Dt)
+            feat, words = description
             parts.append(self.target_text(feat))
+            if words is not None:
+                parts.append(self.target_words(words))
         if self.category is not None:
             if target_category is None:
                 raise ValueError("this model's target token reads the category; pass it")
@@ -164,7 +244,14 @@ class HybridModel(nn.Module):
         target_text: dict | None,
         target_category: torch.Tensor | None,
     ) -> torch.Tensor:
-        """L2-normalised query vectors (B, D) for the wanted item of each outfit context."""
-        token = self.target_tokens(target_text, target_category).unsqueeze(1)  # (B, 1, D)
-        out = self._encode(token, context_vecs, mask)[:, 0]  # (B, D)
-        return F.normalize(self.query_head(out), dim=-1)
+        """L2-normalised query vectors (B, D) for the wanted item of each outfit context.
+
+        The description's words also reach the query directly (`query_words`), past the
+        transformer: they name *what* is wanted, the outfit decides the order among matches.
+        """
+        description = self._description(target_text) if self.target_text is not None else None
+        token = self.target_tokens(description, target_category).unsqueeze(1)  # (B, 1, D)
+        out = self.query_head(self._encode(token, context_vecs, mask)[:, 0])  # (B, D)
+        if self.query_words is not None:
+            out = out + self.query_words(description[1].to(out.dtype))  # (B, D)
+        return F.normalize(out, dim=-1)

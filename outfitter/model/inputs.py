@@ -118,14 +118,22 @@ class InputBuilder:
         else:
             paths = [self.catalog.image_path(i) for i in ids]
             out["pixels"] = torch.stack([self.towers.load_pixels(p) for p in paths])  # (U, 3, H, W)
-        texts = [self.catalog.items[i].text for i in ids]
         if clip.freeze_text:
             out["text_feat"] = torch.from_numpy(np.asarray(self.features.text[rows]))  # (U, Dt)
         else:
-            out["tokens"] = self.towers.tokenize(texts)  # (U, L)
+            out["tokens"] = self.towers.tokenize([self.catalog.items[i].text for i in ids])
         if self.cfg.words.buckets and "text" in self.cfg.item.modalities:
-            out["words"] = word_ids(texts, self.cfg.words.buckets)  # (U, L)
+            items = [self.catalog.items[i] for i in ids]
+            out["words"] = self._item_words([(it.title, it.description) for it in items])
         return out
+
+    def _item_words(self, items: list[tuple[str, str]]) -> torch.Tensor:
+        """Word ids (U, L) of items (title, description): the title's, or the full text's."""
+        texts = [
+            title if self.cfg.words.source == "title" else item_text(title, description)
+            for title, description in items
+        ]
+        return word_ids(texts, self.cfg.words.buckets)
 
     def _sun_pixels(self, ids: list[str]) -> torch.Tensor:
         from outfitter.data.images import load_image
@@ -313,4 +321,6 @@ class InputBuilder:
                 out["text_feat"] = torch.from_numpy(towers.encode_texts([text]))
             else:
                 out["tokens"] = towers.tokenize([text])
+        if self.cfg.words.buckets and "text" in self.cfg.item.modalities:
+            out["words"] = self._item_words([(title, description)])  # (1, L)
         return out

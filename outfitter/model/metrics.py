@@ -70,3 +70,36 @@ def recall_at_k(scores, target, k: int, valid=None) -> float:
     t = scores[rows, target][:, None]  # (Q, 1)
     rank = ((scores >= t) & mask).sum(axis=1)  # candidates ranked at or above the target
     return float((rank < k).mean())
+
+
+def ranked_retrieval(
+    scores, target, k: int, valid, target_group, item_group
+) -> tuple[float, float]:
+    """Recall@k of a search that can only return `valid` items, and the share of its top k that
+    share the target's group (e.g. its category).
+
+    Unlike `recall_at_k`, a target outside `valid` counts as missed: a search restricted to the
+    wrong category never returns it.
+
+    Args:
+        scores: (Q, M) scores of catalog items.
+        target: (Q,) index of the wanted item.
+        valid: (Q, M) bool, True = the search may return that item.
+        target_group: (Q,) group of each target; item_group: (M,) group of each item.
+    """
+    scores = np.where(valid, np.asarray(scores, dtype=np.float64), -np.inf)
+    target = np.asarray(target, dtype=np.int64)
+    if len(target) == 0:
+        return float("nan"), float("nan")
+    rows = np.arange(len(target))
+    t = scores[rows, target][:, None]  # (Q, 1)
+    others = valid.copy()
+    others[rows, target] = False
+    rank = ((scores >= t) & others).sum(axis=1)  # ties rank above the target
+    hit = valid[rows, target] & (rank < k)
+    k_eff = min(k, scores.shape[1])
+    top = np.argpartition(-scores, k_eff - 1, axis=1)[:, :k_eff]  # (Q, k) unordered top k
+    top_valid = np.take_along_axis(valid, top, axis=1)
+    same = (np.asarray(item_group)[top] == np.asarray(target_group)[:, None]) & top_valid
+    share = same.sum(axis=1) / np.maximum(top_valid.sum(axis=1), 1)
+    return float(hit.mean()), float(share.mean())

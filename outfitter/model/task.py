@@ -74,14 +74,18 @@ class OutfitTask(nn.Module):
 
     def _retrieval(self, b: dict) -> dict:
         vecs = self.model.encode_items(b["inputs"])  # (U, D)
-        query = self.model.query(
-            vecs[b["items"]], b["mask"], b.get("target_text"), b["target_category"]
-        )  # (B, D)
+        category = b.get("query_category", b["target_category"])  # (B,) with "unknown" rows
+        query = self.model.query(vecs[b["items"]], b["mask"], b.get("target_text"), category)
         parts = [b["target"]] + ([b["negatives"].flatten()] if "negatives" in b else [])
         candidates = torch.unique(torch.cat(parts))  # (C,) positions in ids: in-batch + negatives
         positives = torch.searchsorted(candidates, b["target"])  # (B,)
         loss = retrieval_loss(query, vecs[candidates], positives, self.cfg.loss.temperature)
-        return {"query": query.detach(), "retrieval_loss": self.cfg.loss.retrieval_weight * loss}
+        out = {"query": query.detach(), "retrieval_loss": self.cfg.loss.retrieval_weight * loss}
+        if self.cfg.target.infer_category:  # the head names the category of each description
+            logits = self.model.category_logits(b["target_text"])  # (B, C)
+            ce = torch.nn.functional.cross_entropy(logits.float(), b["target_category"])
+            out["category_loss"] = self.cfg.loss.category_weight * ce
+        return out
 
     def _outfit_triplets(self, b: dict) -> dict:
         """sun2020 on retrieval batches: (context item, held-out item, same-category negative)."""

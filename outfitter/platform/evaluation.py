@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-REPORTED = ("compatibility_auc", "fitb_accuracy", "fitb_accuracy_compat", "recall_at_10")
-
 
 def evaluate_checkpoint(
     checkpoint_dir: Path,
@@ -20,11 +18,14 @@ def evaluate_checkpoint(
     features=None,
     cache_dir: Path | None = None,
     device: str = "auto",
+    data_format: str | None = None,
 ) -> dict:
-    """Compatibility AUC, FITB accuracy (both ways) and recall@10 of a checkpoint on a split.
+    """Compatibility AUC, FITB accuracy (both ways) and recall@10 of a checkpoint on a split;
+    on an Amazon co-purchase folder, pair AUC, hit@k and MRR (`model.evaluate_pairs`).
 
     Args:
         version: Polyvore version; defaults to the one the checkpoint was trained on.
+        data_format: polyvore or amazon; None detects it from the folder (`data.formats`).
         features: cached tower features of the catalog; embedded (cached) when needed and absent.
         device: where the model (and the towers of target texts) run (`resolve_device`).
     """
@@ -33,13 +34,13 @@ def evaluate_checkpoint(
     from outfitter.data import load_catalog, load_split
     from outfitter.model.checkpoint import load_checkpoint
     from outfitter.model.device import resolve_device
-    from outfitter.model.evaluate import evaluate
+    from outfitter.model.evaluate_pairs import evaluate_split
     from outfitter.model.inputs import InputBuilder
 
     model, cfg, meta = load_checkpoint(Path(checkpoint_dir), map_location=resolve_device(device))
     version = version or meta.get("settings", {}).get("version", "nondisjoint")
-    catalog = load_catalog(Path(data_dir))
-    data = load_split(Path(data_dir), version, split, catalog)
+    catalog = load_catalog(Path(data_dir), data_format)
+    data = load_split(Path(data_dir), version, split, catalog, data_format)
     if not data.compatibility and not data.fitb:
         raise ValueError(
             f"{data_dir}/{version} has no compatibility or FITB task file for split {split!r}; "
@@ -52,7 +53,7 @@ def evaluate_checkpoint(
     builder = InputBuilder.for_model(model, catalog, features)
     model.eval()
     with torch.no_grad():
-        metrics = evaluate(model, builder, data, catalog)
+        metrics = evaluate_split(model, builder, data, catalog)
     return {k: (float(v) if isinstance(v, float) else v) for k, v in metrics.items()}
 
 
@@ -64,24 +65,33 @@ def evaluate_model(
     version: str | None = None,
     workdir: Path | None = None,
     log: bool = True,
+    data_format: str | None = None,
 ) -> dict:
-    """Evaluate a registered model (or local checkpoint) and log the results to its run."""
+    """Evaluate a registered model (or local checkpoint) and log the results to its run.
+
+    `data_format` in the result names the folder's format, and so which metrics were computed.
+    """
+    from outfitter.data import detect_format
     from outfitter.platform import registry
 
+    fmt = detect_format(data_dir, data_format)  # before MLflow: a bad folder fails first
     registry.configure_tracking(workdir)
     resolved = registry.resolve_model(uri)
-    metrics = evaluate_checkpoint(resolved.checkpoint_dir, data_dir, split, version=version)
+    metrics = evaluate_checkpoint(
+        resolved.checkpoint_dir, data_dir, split, version=version, data_format=fmt
+    )
     result = {
         "model": uri,
         "model_version": resolved.version,
         "split": split,
+        "data_format": fmt,
         **metrics,
     }
     if log and resolved.run_id:
         from mlflow import MlflowClient
 
         client = MlflowClient()
-        for key in REPORTED:
-            if isinstance(metrics.get(key), (int, float)):
-                client.log_metric(resolved.run_id, f"eval_{split}_{key}", float(metrics[key]))
+        for key, value in metrics.items():  # REPORTED and the description-retrieval metrics
+            if isinstance(value, (int, float)) and not key.startswith("n_"):
+                client.log_metric(resolved.run_id, f"eval_{split}_{key}", float(value))
     return result

@@ -1,0 +1,25 @@
+"""The keyword baseline of retrieval: TF-IDF over catalog titles (scikit-learn), outfit ignored.
+
+What a user would use instead of the model to find "black leather ankle boots": every metric of
+description-conditioned retrieval is reported beside it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from sklearn.feature_extraction.text import TfidfVectorizer
+
+
+class KeywordSearch:
+    """Cosine similarity of TF-IDF vectors (unigrams, sublinear tf) of descriptions and titles."""
+
+    def __init__(self, titles: Sequence[str]):
+        self.vectorizer = TfidfVectorizer(sublinear_tf=True, token_pattern=r"(?u)\b\w+\b")
+        self.matrix = self.vectorizer.fit_transform(list(titles))  # (M, V), rows L2-normalised
+
+    def scores(self, queries: Sequence[str]) -> np.ndarray:
+        """Scores (Q, M) of every title for each query."""
+        q = self.vectorizer.transform(list(queries))  # (Q, V)
+        return (q @ self.matrix.T).toarray().astype(np.float32)

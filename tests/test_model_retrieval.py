@@ -1,0 +1,135 @@
+"""Description-conditioned retrieval: hashed words, the target plan, the keyword baseline, metrics.
+
+The behavioural test trains hybrid-tiny briefly on the small synthetic catalog and checks that the
+description decides what is retrieved: its category is inferred, and the described item is found
+far more often than by the same model asked with an unrelated description.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from outfitter.data import load_catalog, load_split
+from outfitter.data.types import CATEGORIES
+from outfitter.model import load_config
+from outfitter.model.evaluate import description_retrieval, short_description
+from outfitter.model.factory import build_model
+from outfitter.model.inputs import UNKNOWN_CATEGORY, InputBuilder
+from outfitter.model.keyword import KeywordSearch
+from outfitter.model.metrics import ranked_retrieval
+from outfitter.model.retrieval import plan_targets, search_mask
+from outfitter.model.words import word_ids, words
+
+
+def test_word_ids_are_stable_case_blind_and_padded():
+    ids = word_ids(["Black LEATHER boots", "boots", ""], 1024)
+    assert ids.shape == (3, 3) and ids.dtype == torch.long
+    assert ids[0, 2] == ids[1, 0]  # "boots" hashes the same in every text
+    assert (ids[1, 1:] == 0).all() and (ids[2] == 0).all()  # 0 = padding
+    assert ((ids[0] >= 1) & (ids[0] < 1024)).all()
+    assert torch.equal(word_ids(["black leather boots"], 1024)[0], ids[0])
+    assert words("Polka-dot, 2-pack") == ["polka", "dot", "2", "pack"]
+    with pytest.raises(ValueError, match="buckets"):
+        word_ids(["x"], 1)
+
+
+def test_short_description_keeps_the_last_word():
+    rng = np.random.default_rng(0)
+    for title in ("red tailored silk blouse", "tote bag", "boots"):
+        short = short_description(title, rng)
+        assert short.split()[-1] == title.split()[-1] and len(short.split()) <= 2
+
+
+def test_ranked_retrieval_misses_a_target_outside_the_search():
+    scores = np.array([[0.9, 0.8, 0.1, 0.0]])
+    groups = np.array([0, 0, 1, 1])
+    everywhere = np.ones((1, 4), bool)
+    assert ranked_retrieval(scores, [2], 3, everywhere, [1], groups) == (1.0, pytest.approx(1 / 3))
+    assert ranked_retrieval(scores, [2], 2, everywhere, [1], groups)[0] == 0.0
+    wrong_category = search_mask(groups, [0])  # the search keeps to category 0: never finds item 2
+    assert ranked_retrieval(scores, [2], 3, wrong_category, [1], groups)[0] == 0.0
+    right_category = search_mask(groups, [1])
+    assert ranked_retrieval(scores, [2], 1, right_category, [1], groups) == (1.0, 1.0)
+
+
+def test_keyword_search_finds_the_title_with_the_words():
+    search = KeywordSearch(["black leather boots", "white canvas sneakers", "red silk scarf"])
+    assert search.scores(["canvas sneakers"]).argmax() == 1
+    assert search.scores(["leather boots"]).argmax() == 0
+
+
+class _Head(torch.nn.Module):
+    """A stand-in model whose category head returns fixed logits."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.cfg = load_config("hybrid-tiny")
+        self.category_head = torch.nn.Identity()
+        self.logits = torch.tensor(logits)
+        self.param = torch.nn.Parameter(torch.zeros(1))
+
+    def category_logits(self, target_text):
+        return self.logits[: len(target_text["words"])]
+
+
+def test_plan_follows_a_sure_inferred_category_and_searches_everywhere_when_unsure():
+    sure, unsure = [0.0] * len(CATEGORIES), [0.0] * len(CATEGORIES)
+    sure[4] = 10.0  # ~1.0 probability
+    model = _Head([sure, unsure])
+    texts = ["boots", "something nice", "x"]
+    target_text = {"words": word_ids(texts[:2], 64)}
+    plan = plan_targets(model, None, texts[:2], [None, None], target_text)
+    assert plan.inferred[0] == 4 and plan.confidence[0] > 0.99
+    assert plan.search[0] == 4 and plan.category_input[0] == 4
+    assert plan.search[1] is None and plan.category_input[1] == UNKNOWN_CATEGORY
+    assert plan.confidence[1] == pytest.approx(1 / len(CATEGORIES))
+    given = plan_targets(model, None, texts[:1], [7], {"words": word_ids(texts[:1], 64)})
+    assert given.search == [7] and given.category_input == [7] and given.inferred == [None]
+
+
+def test_words_reach_items_targets_and_new_items(synth_dir):
+    catalog = load_catalog(synth_dir)
+    cfg = load_config("hybrid-tiny")
+    model = build_model(cfg)
+    builder = InputBuilder.for_model(model, catalog)
+    item = catalog.items[catalog.item_ids[0]]
+    inputs = builder.item_inputs([item.item_id])
+    assert torch.equal(inputs["words"], word_ids([item.title], cfg.words.buckets))
+    new = builder.encode_new_item(item.title, item.description, catalog.image_path(item.item_id))
+    assert torch.equal(new["words"], inputs["words"])
+    model.eval()
+    with torch.no_grad():
+        a = model.encode_items({k: v for k, v in inputs.items()})
+        b = model.encode_items({**new, "image_feat": inputs["image_feat"]})
+    assert torch.allclose(a, b, atol=1e-5)
+    text = builder.encode_texts(["black leather boots"])
+    assert set(text) == {"text_feat", "words"}
+    assert model.category_logits(text).shape == (1, len(CATEGORIES))
+
+
+@pytest.mark.slow
+def test_the_description_decides_what_is_retrieved(synth_dir):
+    """After a short training, a title finds its item across the whole catalog with no category
+    given (far above the category prompt alone), and its category is inferred."""
+    from outfitter.model.evaluate import _holdouts, encode_catalog
+    from outfitter.model.train_local import fit
+
+    torch.set_num_threads(1)
+    catalog = load_catalog(synth_dir)
+    cfg = load_config("hybrid-tiny", {"optim.batch_size": 16})
+    result = fit(cfg, synth_dir, epochs=15, catalog=catalog)
+    model, builder = result.model, result.builder
+    test = load_split(synth_dir, "nondisjoint", "test", catalog)
+    held = _holdouts(test, 0)
+    vecs = encode_catalog(model, builder, catalog.item_ids)
+    m = description_retrieval(model, builder, catalog, vecs, held)
+    assert m["retrieval_title_in_category"] >= 0.9, m
+    assert m["retrieval_title_recall_at_10"] >= 0.5, m
+    assert m["retrieval_short_recall_at_10"] >= 0.25, m
+    titles = [catalog.items[t].title for _, t in held]
+    with torch.no_grad():
+        probs = model.category_logits(builder.encode_texts(titles)).softmax(-1)
+    truth = torch.tensor([catalog.items[t].category_index for _, t in held])
+    assert (probs.argmax(-1) == truth).float().mean() >= 0.9
