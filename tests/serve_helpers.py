@@ -48,3 +48,62 @@ def image_b64(size: tuple[int, int] = (48, 48), color=(200, 30, 30), fmt: str = 
     buf = io.BytesIO()
     Image.new("RGB", size, color).save(buf, fmt)
     return base64.b64encode(buf.getvalue()).decode()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):  # the process ended while we looked
+            continue
+        tree.setdefault(ppid, []).append(int(stat.parent.name))
+    return tree
+
+
+def replica_pids(app: str, deployment: str) -> list[int]:
+    """Live replica processes of `deployment` of `app`, started by this test process's Ray.
+
+    Ray titles a replica process `ray::ServeReplica:<app>:<deployment>`; only descendants of
+    this process are considered, so another Ray instance on the machine is never touched.
+    """
+    import os
+
+    tree, pids, todo = _children(), [], [os.getpid()]
+    title = f"ray::ServeReplica:{app}:{deployment}".encode()
+    while todo:
+        for child in tree.get(todo.pop(), []):
+            todo.append(child)
+            try:
+                cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if cmdline.startswith(title) and cmdline[len(title) : len(title) + 1] in b". \0":
+                pids.append(child)
+    return pids
+
+
+def running_replicas(app: str, deployment: str) -> int:
+    """Replicas of `deployment` that Serve reports RUNNING."""
+    from ray import serve
+
+    status = serve.status().applications.get(app)
+    if status is None or deployment not in status.deployments:
+        return 0
+    return int(status.deployments[deployment].replica_states.get("RUNNING", 0))
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of process `pid`, MiB (from /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise ValueError(f"no VmRSS for pid {pid}")

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -326,7 +328,7 @@ class _Broken:
     async def info(self):
         raise self.exc
 
-    encode_new = score = query = search = info
+    encode_new = score = retrieve = info
 
 
 @pytest.mark.parametrize(
@@ -372,3 +374,120 @@ def test_outfit_length_follows_the_configured_and_model_limits(catalog, backend,
     _bad(client, "/v1/complete", body, 422, "targets", "2 items + 2 to retrieve")
     ok = {"items": refs(outfit[:2]), "target": {"description": "a hat"}}
     assert client.post("/v1/retrieve", json=ok).status_code == 200
+
+
+# ---------------------------------------------------------------- bounded memory, event loop
+
+
+def _big_png_b64(side: int = 4096) -> str:
+    import io
+
+    buf = io.BytesIO()
+    Image.new("RGB", (side, side), (250, 250, 250)).save(buf, "PNG")  # ~50 kB for 48 MB of RGB
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def test_twelve_big_pngs_are_refused_by_the_pixel_budget(catalog, backend, monkeypatch):
+    """Twelve 4096x4096 solid PNGs: a ~0.7 MB body that would decode to ~600 MB of pixels. Each
+    image is within the per-image limits; together they break the per-request budget, and the
+    answer (413 naming it) comes before any of them is decoded."""
+    from outfitter.platform.serving import errors
+
+    decoded = []
+    monkeypatch.setattr(errors, "_decode", lambda *a: decoded.append(a) or Image.new("RGB", (1, 1)))
+    limits = Limits()
+    client = TestClient(
+        create_app(CatalogService(catalog, backend, limits), limits, static_dir=None)
+    )
+    big = {"title": "a white shirt", "image_b64": _big_png_b64()}
+    body = json.dumps({"items": [big] * 12}).encode()
+    assert len(body) < 1024 * 1024 < limits.max_body_bytes
+    r = client.post("/v1/compatibility", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 413, r.text
+    (err,) = r.json()["errors"]
+    assert err["field"] == "items" and "max_request_pixels" in err["rule"]
+    assert str(limits.max_request_pixels) in err["rule"] and decoded == []
+
+
+def test_uploaded_images_are_shrunk_to_the_tower_input(backend):
+    from outfitter.platform.serving.errors import decode_image_b64
+
+    side = (asyncio.run(backend.info()))["image_size"]
+    assert side and side < 300
+    image = decode_image_b64(image_b64((600, 300)), "image_b64", Limits(), side)
+    assert image.size == (2 * side, side)  # the shorter side at the tower's size, aspect kept
+    small = decode_image_b64(image_b64((side // 2, side // 2)), "image_b64", Limits(), side)
+    assert small.size == (side // 2, side // 2)  # never enlarged
+
+
+def test_a_replica_over_its_in_flight_bound_answers_503_at_once(catalog, outfit):
+    """Requests beyond max_in_flight get a fast 503 with Retry-After and a JSON body naming the
+    limit; the ones admitted finish normally; catalog reads are never refused."""
+    import httpx
+
+    release = asyncio.Event()
+
+    class Slow:
+        async def info(self):
+            return {"max_items": 20, "version": "s", "image_size": None}
+
+        async def score(self, outfits):
+            await release.wait()
+            return "s", np.full(len(outfits), 0.5, np.float32)
+
+    limits = Limits(max_in_flight=2)
+    app = create_app(CatalogService(catalog, Slow(), limits), limits, static_dir=None)
+
+    async def run():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+            body = {"items": refs(outfit)}
+            post = http.post
+            held = [asyncio.create_task(post("/v1/compatibility", json=body)) for _ in range(2)]
+            await asyncio.sleep(0.2)
+            t0 = asyncio.get_running_loop().time()
+            refused = await http.post("/v1/compatibility", json=body)
+            seconds = asyncio.get_running_loop().time() - t0
+            listing = await http.get("/v1/items", params={"limit": 1})
+            release.set()
+            return refused, seconds, listing, await asyncio.gather(*held)
+
+    refused, seconds, listing, held = asyncio.run(run())
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+    assert seconds < 1.0
+    assert "max_in_flight" in refused.json()["errors"][0]["rule"] and "2" in refused.json()["error"]
+    assert listing.status_code == 200
+    assert [r.status_code for r in held] == [200, 200]
+
+
+def test_image_decoding_does_not_block_the_event_loop(catalog, backend, outfit, monkeypatch):
+    """While one request decodes a (slow) upload, another request is answered."""
+    import time
+
+    import httpx
+
+    from outfitter.platform.serving import errors
+
+    real = errors._decode
+
+    def slow_decode(*args):
+        time.sleep(1.5)  # a blocking decode, as PIL's is
+        return real(*args)
+
+    monkeypatch.setattr(errors, "_decode", slow_decode)
+    app = create_app(CatalogService(catalog, backend, LIMITS), LIMITS, static_dir=None)
+
+    async def run():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+            body = {"items": [*refs(outfit[:2]), NEW_ITEM]}
+            upload = asyncio.create_task(http.post("/v1/compatibility", json=body))
+            await asyncio.sleep(0.3)
+            t0 = time.perf_counter()
+            health = await http.get("/healthz")
+            waited = time.perf_counter() - t0
+            return health, waited, await upload
+
+    health, waited, upload = asyncio.run(run())
+    assert health.status_code == 200 and upload.status_code == 200, upload.text
+    assert waited < 0.8, f"/healthz waited {waited:.2f}s behind an image decode"

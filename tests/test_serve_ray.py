@@ -1,16 +1,16 @@
 """The real Ray Serve application on a tiny registered model, over HTTP on 127.0.0.1.
 
 Deploys `serve_configs/local.yaml` (its args pointed at a test catalog and MLflow store) the way
-`outfitter serve` does, hits every endpoint, then promotes a second version under concurrent
-requests and re-applies the config: the model deployments reconfigure in place, with zero failed
-requests.
+`outfitter serve` does, hits every endpoint, checks that a replica started after a promotion
+still serves the pinned version, then promotes a second version under concurrent requests and
+re-applies the config: the replicas reconfigure in place, with zero failed requests.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import socket
+import signal
 import threading
 import time
 from collections import Counter
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from serve_helpers import image_b64, tiny_versions
+from serve_helpers import free_port, image_b64, replica_pids, running_replicas, tiny_versions
 
 from outfitter.platform import registry
 from outfitter.platform.serving import launch
@@ -59,12 +59,6 @@ def registered(synth_dir, tmp_path_factory):
             os.environ["MLFLOW_TRACKING_URI"] = old
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def served(ray_session, registered, synth_dir):
     """(base URL, the config as applied) of the running application."""
@@ -72,7 +66,7 @@ def served(ray_session, registered, synth_dir):
 
     uri, _ = registered
     config = launch.load_serve_config(CONFIG)
-    config["http_options"]["port"] = _free_port()
+    config["http_options"]["port"] = free_port()
     args = config["applications"][0]["args"]
     args.update(data_dir=str(synth_dir), tracking_uri=uri, device="cpu")
     launch.deploy(launch.prepare_config(config), timeout_s=300)
@@ -142,6 +136,45 @@ def test_every_endpoint_over_http(served, synth_dir):
     assert requests.get(f"{base}/docs", timeout=30).status_code == 200
 
 
+def test_a_replica_started_after_a_promotion_serves_the_pinned_version(served, registered):
+    """Promote another version without redeploying, SIGKILL the replica: the replica Serve starts
+    in its place loads the version the deployment was given, not the alias's new target."""
+    base, _ = served
+    _, numbers = registered
+    items = requests.get(f"{base}/v1/items", params={"limit": 3}, timeout=30).json()["items"]
+    body = {"items": [{"item_id": i["item_id"]} for i in items]}
+    assert (
+        requests.post(f"{base}/v1/compatibility", json=body, timeout=60).json()["model_version"]
+        == numbers[0]
+    )
+    registry.promote("outfitter", numbers[1])  # the alias moves; nothing is redeployed
+    (pid,) = replica_pids("outfitter", "Outfitter")
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 180
+    while not (
+        (pids := replica_pids("outfitter", "Outfitter"))
+        and pid not in pids
+        and running_replicas("outfitter", "Outfitter") >= 1
+    ):
+        assert time.monotonic() < deadline, "no replica after 180 s"
+        time.sleep(0.5)
+    versions = Counter()
+    while sum(versions.values()) < 20:
+        assert time.monotonic() < deadline, versions
+        try:
+            r = requests.post(f"{base}/v1/compatibility", json=body, timeout=60)
+        except requests.RequestException:
+            time.sleep(0.5)  # the proxy may still route to the dead replica for a moment
+            continue
+        if r.status_code == 200:
+            versions[r.json()["model_version"]] += 1
+        else:
+            time.sleep(0.5)
+    assert set(versions) == {numbers[0]}, versions
+    assert requests.get(f"{base}/v1/model", timeout=30).json()["version"] == numbers[0]
+    registry.promote("outfitter", numbers[0])  # as the next test expects to find it
+
+
 def test_hot_swap_under_load_drops_nothing(served, registered):
     base, config = served
     _, numbers = registered
@@ -177,10 +210,9 @@ def test_hot_swap_under_load_drops_nothing(served, registered):
         time.sleep(2)
         registry.promote("outfitter", numbers[1])
         prepared = launch.prepare_config(config)  # pins revision = the new champion's version
-        encoder = next(
-            d for d in prepared["applications"][0]["deployments"] if d["name"] == "ItemEncoder"
-        )
-        assert encoder["user_config"]["revision"] == numbers[1]
+        (deployment,) = prepared["applications"][0]["deployments"]
+        assert deployment["user_config"]["model_uri"] == f"models:/outfitter/{numbers[1]}"
+        assert deployment["user_config"]["revision"] == numbers[1]
         launch.deploy(prepared, timeout_s=120)
         deadline = time.monotonic() + 120
         while not (len(last) == 4 and set(last.values()) == {numbers[1]}):
