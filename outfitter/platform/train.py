@@ -30,7 +30,9 @@ def train_loop_per_worker(config: dict) -> None:
     """
     import ray
     import ray.train
+    import torch
 
+    from outfitter.model.device import autocast
     from outfitter.platform.loop import EpochRunner
 
     ctx = ray.train.get_context()
@@ -41,6 +43,12 @@ def train_loop_per_worker(config: dict) -> None:
     pg = ray.util.get_current_placement_group()
     placement_group = pg.id.hex() if pg is not None else ""
     start_epoch = runner.restore(ray.train.get_checkpoint())
+    # What the run trained on, logged beside the losses: GPUs in the group, bf16 autocast on/off.
+    amp = autocast(runner.device, runner.settings.amp)
+    precision = {
+        "gpus": world if runner.device.type == "cuda" else 0,
+        "bf16": int(isinstance(amp, torch.autocast)),
+    }
     for epoch in range(start_epoch, runner.settings.epochs):
         t0 = time.perf_counter()
         train_metrics = runner.train_epoch(epoch)
@@ -50,6 +58,7 @@ def train_loop_per_worker(config: dict) -> None:
             "epoch_seconds": time.perf_counter() - t0,
             "resumed_from_epoch": start_epoch,
             "placement_group": placement_group,
+            **precision,
         }
         if rank == 0:
             metrics.update(runner.validate())
