@@ -22,6 +22,7 @@ import torch
 
 from outfitter.data.types import CATEGORIES, Catalog
 from outfitter.model.device import resolve_device
+from outfitter.model.retrieval import TargetPlan, query_vectors
 from outfitter.platform.index import CatalogIndex, Hit
 from outfitter.platform.serving.service import Member, NewItem, VersionSkew
 
@@ -40,7 +41,6 @@ class ModelState:
     builder: Any = None  # InputBuilder: catalog features, CLIP towers, text encodings
     index: CatalogIndex | None = None
     device: torch.device = torch.device("cpu")
-    prompt_feats: torch.Tensor | None = None  # (C, Dt) category prompts, to guess a category
     alias: str | None = None  # the alias this version was pinned from (`models:/NAME/N` has none)
 
     @property
@@ -96,7 +96,8 @@ def load_state(
 
         log.warning("model %s has no index: building one in memory", state.version)
         state.index = build_index(state.model, state.builder, device=state.device)
-    _guesses_category(state)  # creates the towers and the prompt features now, not on a request
+    if state.cfg.kind == "hybrid":
+        _ = state.builder.towers  # target descriptions' text tower: built now, not on a request
     return state
 
 
@@ -139,17 +140,6 @@ def model_info(state: ModelState) -> dict[str, Any]:
         if index is None
         else {"n_items": len(index), "dim": index.dim, "shards": index.shard_kinds()},
     }
-
-
-def _guesses_category(state: ModelState) -> bool:
-    """Whether targets without a category need one guessed; computes the prompt features once."""
-    cfg = state.cfg
-    if cfg.kind != "hybrid" or not cfg.target.use_category:
-        return False
-    if state.prompt_feats is None:
-        prompts = [state.builder.prompt(c) for c in range(len(CATEGORIES))]
-        state.prompt_feats = torch.from_numpy(state.builder.towers.encode_texts(prompts))  # (C, Dt)
-    return True
 
 
 def _cat_padded(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -203,26 +193,30 @@ def targets_to_queries(
     contexts: list[list[Member]],
     texts: list[str],
     categories: list[int | None],
-) -> np.ndarray:
-    """L2-normalised query vectors (Q, D): what each target's text and category ask of its outfit.
-
-    The one place where a target becomes a query. A target without a category takes the
-    category whose prompt is closest to its text.
-    """
+) -> tuple[np.ndarray, TargetPlan]:
+    """L2-normalised query vectors (Q, D): what each target's text and category ask of its
+    outfit, and the plan of each target (`model.retrieval`: the category inferred for a target
+    given without one, how sure, and which items the search keeps to)."""
     vecs, mask = _pad(state, contexts)  # (Q, N, D), (Q, N)
-    encoded = dict(state.builder.encode_texts(texts))
-    cats = list(categories)
-    if _guesses_category(state) and any(c is None for c in cats):
-        feats = encoded.get("text_feat")
-        if feats is None:
-            feats = torch.from_numpy(state.builder.towers.encode_texts(texts))  # (Q, Dt)
-        guess = (feats.cpu() @ state.prompt_feats.T).argmax(1)  # (Q,)
-        cats = [int(guess[i]) if c is None else c for i, c in enumerate(cats)]
-    cats = [0 if c is None else c for c in cats]  # a model without category input ignores it
-    target_text = {k: v.to(state.device) for k, v in encoded.items()}
-    category = torch.tensor(cats, dtype=torch.long, device=state.device)  # (Q,)
-    queries = state.model.query(vecs, mask, target_text or None, category)  # (Q, D)
-    return np.nan_to_num(queries.float().cpu().numpy(), nan=0.0)
+    queries, plan = query_vectors(state.model, state.builder, vecs, mask, texts, categories)
+    return np.nan_to_num(queries.float().cpu().numpy(), nan=0.0), plan
+
+
+def category_answers(plan: TargetPlan) -> list[dict[str, Any]]:
+    """What each target's answer says of its category (`schemas.TargetCategory`)."""
+    out = []
+    for i, searched in enumerate(plan.search):
+        inferred = plan.inferred[i]
+        name = inferred if inferred is not None else searched
+        out.append(
+            {
+                "name": None if name is None else CATEGORIES[name],
+                "inferred": inferred is not None,
+                "confidence": plan.confidence[i],
+                "searched": None if searched is None else CATEGORIES[searched],
+            }
+        )
+    return out
 
 
 def retrieve(
@@ -232,10 +226,12 @@ def retrieve(
     categories: list[int | None],
     k: int,
     excludes: list[set[str]],
-) -> list[list[Hit]]:
-    """The `k` best catalog items per target: its query vector, then the faiss index, fused."""
-    queries = targets_to_queries(state, contexts, texts, categories)  # (Q, D)
-    return state.index.search(queries, k, categories, excludes)
+) -> list[tuple[list[Hit], dict[str, Any]]]:
+    """The `k` best catalog items per target and what its answer says of its category: its
+    query vector, then the faiss index over the category the plan searches, fused."""
+    queries, plan = targets_to_queries(state, contexts, texts, categories)  # (Q, D)
+    hits = state.index.search(queries, k, plan.search, excludes)
+    return list(zip(hits, category_answers(plan), strict=True))
 
 
 class LocalBackend:

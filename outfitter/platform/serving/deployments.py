@@ -70,11 +70,49 @@ class BatchedBackend:
 
     Each batch runs on the version loaded when it starts (`self.state` may be swapped meanwhile)
     in a worker thread, so the replica's event loop keeps parsing and answering requests.
+    `reconfigure` loads the version a `user_config` names beside the running one and swaps.
     """
 
-    def __init__(self):
+    def __init__(
+        self, data_dir: str, tracking_uri: str | None, device: str, defaults: dict, catalog=None
+    ):
+        self.data_dir, self.tracking_uri, self.device = data_dir, tracking_uri, device
+        self.defaults = defaults  # the builder's user_config; a config file may set only some keys
+        self.catalog = catalog
+        self.config: dict[str, Any] = {}
         self.state: core.ModelState | None = None
         self.load_error: str | None = None  # why the last reload failed (the old one kept)
+
+    async def reconfigure(self, config: dict[str, Any]) -> None:
+        config = {**self.defaults, **(config or {})}
+        self.set_batching(config.get("max_batch_size", 16), config.get("batch_wait_timeout_s", 0))
+        same = all(config.get(k) == self.config.get(k) for k in MODEL_KEYS)
+        if self.state is not None and same:
+            self.config, self.load_error = config, None  # (back to) the model being served
+            return
+        try:
+            state = await asyncio.to_thread(
+                core.load_state,
+                config["model_uri"],
+                self.data_dir,
+                tracking_uri=self.tracking_uri,
+                device=self.device,
+                catalog=self.catalog,
+                index_dir=config.get("index_dir"),
+            )
+        except Exception as err:
+            if self.state is None:
+                raise  # nothing to serve: a clear startup error
+            self.load_error = f"{config.get('model_uri')}: {type(err).__name__}: {err}"
+            log.error(
+                "keeping model %s; loading the new one failed: %s",
+                self.state.version,
+                self.load_error,
+            )
+            return
+        state.alias = config.get("alias") or state.alias
+        self.state, self.config, self.load_error = state, config, None  # the swap
+        log.info("serving model %s (%s)", state.version, config["model_uri"])
 
     def current(self) -> core.ModelState:
         if self.state is None:
@@ -112,8 +150,11 @@ class BatchedBackend:
             excludes += exc
         k = max(r[3] for r in requests)
         hits = await asyncio.to_thread(core.retrieve, state, contexts, texts, cats, k, excludes)
-        rows = iter(hits)
-        return [(state.version, [next(rows)[:k_r] for _ in ctx]) for ctx, _, _, k_r, _ in requests]
+        rows = iter(hits)  # (hits, category answer) per target
+        return [
+            (state.version, [(h[:k_r], c) for h, c in (next(rows) for _ in ctx)])
+            for ctx, _, _, k_r, _ in requests
+        ]
 
     async def encode_new(self, items):
         return await self._encode_new(items)
@@ -136,14 +177,13 @@ class Outfitter:
     def __init__(self, data_dir: str, tracking_uri: str | None, device: str, defaults: dict):
         from outfitter.data import load_catalog
 
-        self.data_dir, self.tracking_uri, self.device = data_dir, tracking_uri, device
-        self.defaults = defaults  # the builder's user_config; a config file may set only some keys
-        self.config: dict[str, Any] = {}
         self.limits = Limits(**defaults.get("limits", {}))
-        core.set_threads(defaults.get("threads") or _cpus_of_this_replica())
-        self.catalog = load_catalog(data_dir)
-        self.backend = BatchedBackend()
-        self.service = CatalogService(self.catalog, self.backend, self.limits)
+        threads = defaults.get("threads") or _cpus_of_this_replica()
+        if threads:
+            core.set_threads(threads)
+        catalog = load_catalog(data_dir)
+        self.backend = BatchedBackend(data_dir, tracking_uri, device, defaults, catalog)
+        self.service = CatalogService(catalog, self.backend, self.limits)
 
     def __serve_build_asgi_app__(self):
         from outfitter.platform.serving.app import create_app
@@ -151,51 +191,20 @@ class Outfitter:
         return create_app(self.service, self.limits)
 
     async def reconfigure(self, config: dict[str, Any]) -> None:
-        config = {**self.defaults, **(config or {})}
-        backend = self.backend
-        batching = (config.get("max_batch_size", 16), config.get("batch_wait_timeout_s", 0.0))
-        backend.set_batching(*batching)
-        same = all(config.get(k) == self.config.get(k) for k in MODEL_KEYS)
-        if backend.state is not None and same:
-            self.config, backend.load_error = config, None  # (back to) the model being served
-            return
-        try:
-            state = await asyncio.to_thread(
-                core.load_state,
-                config["model_uri"],
-                self.data_dir,
-                tracking_uri=self.tracking_uri,
-                device=self.device,
-                catalog=self.catalog,
-                index_dir=config.get("index_dir"),
-            )
-        except Exception as err:
-            if backend.state is None:
-                raise  # nothing to serve: a clear startup error
-            backend.load_error = f"{config.get('model_uri')}: {type(err).__name__}: {err}"
-            log.error(
-                "keeping model %s; loading the new one failed: %s",
-                backend.state.version,
-                backend.load_error,
-            )
-            return
-        state.alias = config.get("alias") or state.alias
-        backend.state, self.config, backend.load_error = state, config, None  # the swap
-        log.info("serving model %s (%s)", state.version, config["model_uri"])
+        await self.backend.reconfigure(config)
 
     async def info(self) -> dict[str, Any]:
         """What GET /v1/model reports, and why the last reload failed (handle calls, tests)."""
         return await self.backend.info()
 
 
-def _cpus_of_this_replica() -> int:
-    """The CPUs Ray gave this replica (at least 1), not the host's: thread pools sized to it."""
+def _cpus_of_this_replica() -> int | None:
+    """The CPUs Ray gave this replica (at least 1), not the host's; None outside a Ray worker."""
     import ray
 
-    try:
-        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
-    except Exception:  # outside a Ray worker (tests constructing the class directly)
-        cpus = 1
+    if not ray.is_initialized() or ray.get_runtime_context().worker.mode != ray.WORKER_MODE:
+        return None  # e.g. a test constructing the class directly: leave its threads alone
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
     return max(1, int(cpus))
 
 

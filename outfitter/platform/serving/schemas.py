@@ -131,14 +131,33 @@ class RetrievedItem(BaseModel):
     title: str
 
 
+class TargetCategory(BaseModel):
+    """What the model made of a target's category."""
+
+    name: str | None = Field(
+        description="the category given, or the one inferred from the description; null when "
+        "the model reads no category"
+    )
+    inferred: bool = Field(description="true when no category was given and the model inferred it")
+    confidence: float | None = Field(
+        None, ge=0.0, le=1.0, description="the inferred category's probability (null if given)"
+    )
+    searched: str | None = Field(
+        description="the category whose items were searched; null = the whole catalog (an "
+        "inferred category below the model's threshold is not searched alone)"
+    )
+
+
 class RetrieveResponse(BaseModel):
     model_version: str
     items: list[RetrievedItem]
+    category: TargetCategory
 
 
 class CompletedTarget(BaseModel):
     target: Target
     items: list[RetrievedItem]
+    category: TargetCategory
 
 
 class CompleteResponse(BaseModel):

@@ -38,6 +38,7 @@ from outfitter.platform.serving.schemas import (
     RetrievedItem,
     RetrieveRequest,
     RetrieveResponse,
+    TargetCategory,
     WeakestItem,
 )
 
@@ -70,7 +71,7 @@ class ModelBackend(Protocol):
         categories: list[int | None],
         k: int,
         excludes: list[set[str]],
-    ) -> tuple[str, list[list]]: ...
+    ) -> tuple[str, list[tuple[list, dict]]]: ...
 
     async def info(self) -> dict[str, Any]: ...
 
@@ -183,7 +184,8 @@ class CatalogService:
     async def _retrieve(self, req: RetrieveRequest) -> RetrieveResponse:
         members, v_enc = await self._members(req.items, "items")
         version, results = await self._search(members, req.items, [req.target], req.k, req.exclude)
-        return RetrieveResponse(model_version=_same(v_enc, version), items=results[0])
+        items, category = results[0]
+        return RetrieveResponse(model_version=_same(v_enc, version), items=items, category=category)
 
     async def complete(self, req: CompleteRequest) -> CompleteResponse:
         await self._check_length(len(req.items), "targets", blanks=len(req.targets))
@@ -194,7 +196,7 @@ class CatalogService:
         members, v_enc = await self._members(req.items, "items")
         version, results = await self._search(members, req.items, req.targets, req.k, req.exclude)
         chosen: list[str] = []
-        for hits in results:  # greedy: the best item not already picked for an earlier blank
+        for hits, _ in results:  # greedy: the best item not already picked for an earlier blank
             pick = next((h.item_id for h in hits if h.item_id not in chosen), None)
             if pick is not None:
                 chosen.append(pick)
@@ -202,8 +204,8 @@ class CatalogService:
         return CompleteResponse(
             model_version=_same(version, v_enc, v_score),
             results=[
-                CompletedTarget(target=t, items=r)
-                for t, r in zip(req.targets, results, strict=True)
+                CompletedTarget(target=t, items=items, category=category)
+                for t, (items, category) in zip(req.targets, results, strict=True)
             ],
             outfit=[r.item_id for r in req.items] + chosen,
             score=float(probs[0]),
@@ -211,14 +213,18 @@ class CatalogService:
 
     async def _search(
         self, members: list[Member], refs: list[ItemRef], targets, k: int, exclude: list[str]
-    ) -> tuple[str, list[list[RetrievedItem]]]:
-        """Top-k catalog items per target, given the context outfit (`members` of `refs`)."""
+    ) -> tuple[str, list[tuple[list[RetrievedItem], TargetCategory]]]:
+        """Top-k catalog items per target, given the context outfit (`members` of `refs`), and
+        what the model made of each target's category."""
         cats = [None if t.category is None else CATEGORY_INDEX[t.category] for t in targets]
         texts = [t.description for t in targets]
         skip = set(exclude) | {r.item_id for r in refs if r.is_catalog}
         n = len(targets)
         version, hits = await self.backend.retrieve([members] * n, texts, cats, k, [skip] * n)
-        return version, [[self._retrieved(h) for h in row] for row in hits]
+        return version, [
+            ([self._retrieved(h) for h in row], TargetCategory(**category))
+            for row, category in hits
+        ]
 
     def _retrieved(self, hit) -> RetrievedItem:
         item = self.catalog.items.get(hit.item_id)
