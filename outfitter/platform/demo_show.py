@@ -9,6 +9,15 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def typed_description(title: str) -> str:
+    """The blank's title as a user would type it: its last word (the noun) and one other."""
+    import numpy as np
+
+    from outfitter.model.evaluate import short_description
+
+    return short_description(title, np.random.default_rng(0))
+
+
 def requests(url: str, data: Path) -> dict:
     """A few real requests to every endpoint, built from a test-split FITB question."""
     import base64
@@ -23,6 +32,7 @@ def requests(url: str, data: Path) -> dict:
     q = next(q for q in test.fitb if len(q.question) >= 2)
     right, wrong = q.answers[q.correct], q.answers[(q.correct + 1) % len(q.answers)]
     item = catalog.items[right]
+    typed = typed_description(item.title)
     ref = lambda ids: [{"item_id": i} for i in ids]  # noqa: E731
     image_b64 = base64.b64encode(catalog.image_path(right).read_bytes()).decode()
     calls = [
@@ -42,14 +52,10 @@ def requests(url: str, data: Path) -> dict:
             {"items": ref([*q.question, wrong])},
         ),
         (
-            f'POST /v1/retrieve ("{item.title}")',
+            f'POST /v1/retrieve ("{typed}", no category: the model infers it)',
             "post",
             "/v1/retrieve",
-            {
-                "items": ref(q.question),
-                "target": {"description": item.title, "category": item.category},
-                "k": 5,
-            },
+            {"items": ref(q.question), "target": {"description": typed}, "k": 5},
         ),
         (
             "POST /v1/complete (two blanks)",
@@ -145,8 +151,15 @@ def picture(data: Path, responses: dict, out: Path) -> Path:
     q, right = responses["question"], responses["right"]
     candidates = responses["candidates"]  # [(item id, score of the completed outfit)]
     pick = max(candidates, key=lambda c: c[1])[0]
-    retrieved = list(responses["raw"].values())[5]["items"]
+    answer = list(responses["raw"].values())[5]
+    retrieved, category = answer["items"], answer["category"]
     wanted = catalog.items[right]
+    inferred = (
+        f"inferred {category['name']}, {100 * category['confidence']:.0f} %"
+        if category["inferred"]
+        else category["name"]
+    )
+    searched = category["searched"] or "the whole catalog"
     verdict = "right" if pick == right else "wrong"
     rows = [
         (list(q.question), "the outfit so far", {}, {}),
@@ -159,7 +172,8 @@ def picture(data: Path, responses: dict, out: Path) -> Path:
         ),
         (
             [r["item_id"] for r in retrieved],
-            f'retrieved for "{wanted.title}" ({wanted.category})',
+            f'retrieved for "{typed_description(wanted.title)}" typed with no category '
+            f"({inferred}; searched {searched}); the blank is {wanted.title!r}",
             {right: "green"},
             {r["item_id"]: f"{r['score']:.2f}" for r in retrieved},
         ),

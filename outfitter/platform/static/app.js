@@ -370,6 +370,7 @@ async function runRetrieve(event) {
     noteVersion(res.model_version);
     clearError(box);
     r.results = res.items;
+    r.category = res.category;
     renderResults();
   } catch (err) {
     if (seq !== r.seq) return;
@@ -412,6 +413,17 @@ function renderResults() {
   $("retrieve-hint").textContent = results.length
     ? "Scores are the model's match between your outfit + description and each item. Click one to add it."
     : "No catalog item matches; try another category.";
+  $("retrieve-category").textContent = categoryNote(state.retrieve.category);
+}
+
+// What the model made of the category: given, inferred from the description (and how sure), and
+// which items it searched.
+function categoryNote(c) {
+  if (!c) return "";
+  const where = c.searched ? `searched ${c.searched}` : "searched the whole catalog";
+  if (!c.inferred) return `Category ${c.name} (given); ${where}.`;
+  const sure = `${(100 * c.confidence).toFixed(0)} % sure`;
+  return `Category inferred from your description: ${c.name} (${sure}); ${where}.`;
 }
 
 // ------------------------------------------------------------------ wiring
