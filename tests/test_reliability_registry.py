@@ -9,15 +9,17 @@ has an index tag, and that tag resolves to downloadable index files.
 
 from __future__ import annotations
 
-import json
 import random
+import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from outfitter.platform import registry
+from outfitter.platform.index import CatalogIndex, verify_index
 
 NAME = "outfitter-reliability"
 
@@ -54,10 +56,13 @@ def _new_version(store) -> str:
 
 
 def _index_folder(tmp_path: Path, tag: str) -> Path:
-    folder = tmp_path / f"index-{tag}"
-    folder.mkdir(exist_ok=True)
-    (folder / "meta.json").write_text(json.dumps({"version": tag}))
-    return folder
+    """A real (tiny) index folder built for version `tag`, manifest included."""
+    rng = np.random.default_rng(int(tag))
+    vectors = rng.normal(size=(6, 4))
+    vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+    ids = [f"v{tag}-{i}" for i in range(6)]
+    index = CatalogIndex.build(vectors, ids, [0, 0, 1, 1, 2, 2], meta={"model_version": tag})
+    return index.save(tmp_path / f"index-{tag}")
 
 
 def _champion_is_sound() -> str | None:
@@ -69,8 +74,10 @@ def _champion_is_sound() -> str | None:
         return None
     index_uri = (champion.tags or {}).get(registry.INDEX_TAG)
     assert index_uri, f"champion {champion.version} has no index tag"
-    files = Path(mlflow.artifacts.download_artifacts(artifact_uri=index_uri))
-    assert (files / "meta.json").is_file(), f"champion {champion.version} index has no files"
+    with tempfile.TemporaryDirectory() as tmp:
+        files = Path(mlflow.artifacts.download_artifacts(artifact_uri=index_uri, dst_path=tmp))
+        assert (files / "meta.json").is_file(), f"champion {champion.version} index has no files"
+        verify_index(files, model_version=champion.version)  # whole, and built for it
     return str(champion.version)
 
 
@@ -126,7 +133,7 @@ def test_crash_before_alias_write_keeps_old_champion_with_its_index(store, tmp_p
     assert _champion_is_sound() == old
     resolved = registry.resolve_model(f"models:/{NAME}@champion", dst=tmp_path / "dl")
     assert resolved.version == old and (resolved.index_dir / "meta.json").is_file()
-    assert old in (resolved.index_dir / "meta.json").read_text()
+    assert CatalogIndex.load(resolved.index_dir, model_version=old).ids[0] == f"v{old}-0"
     registry.promote(NAME, new)  # the retry after the crash completes the move
     assert _champion_is_sound() == new
 

@@ -2,16 +2,27 @@
 
 A model version is an MLflow pyfunc logged from code (`mlflow_pyfunc.py`) whose artifact
 `checkpoint/` is the self-describing checkpoint folder. Its faiss index is logged later to the
-same run (`index-v<version>/`) and recorded on the version as tag `outfitter.index`, so the served
-model and its index always travel together. `champion` only ever moves to a version that has one.
+same run, under a path of its own per build (`index-v<version>-<stamp>/`, so re-indexing never
+overwrites the files a running champion was loaded from), and recorded on the version as tag
+`outfitter.index`. `champion` only ever moves to a version whose index files download and match
+their manifest, by a compare-and-set on the alias (`promote`).
+
+Downloads go to one cache folder per model version (`$OUTFITTER_CACHE_DIR/models/`), reused by
+the next load of the same version and bounded to the `MODEL_CACHE_KEEP` most recently used.
+Every MLflow error leaves this module as a `RegistryError` with credentials masked.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import os
 import re
 import shutil
 import tempfile
+import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,11 +30,35 @@ from outfitter.platform.redact import redact_uri
 
 DEFAULT_MODEL_NAME = "outfitter"
 INDEX_TAG = "outfitter.index"
+MODEL_CACHE_KEEP = 3  # model versions kept in the download cache ($OUTFITTER_MODEL_CACHE_KEEP)
+STAGING_MIN_FREE = 256 * 2**20  # free bytes the temp folder needs beyond what is staged
+LOCK_STALE_S = 120.0  # a promotion lock older than this was left by a crashed process
+LOCK_WAIT_S = 60.0
 _MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[\w-]+)|/(?P<version>\d+))$")
 
 
 class RegistryError(RuntimeError):
     """A model URI that cannot be resolved, with what to do about it."""
+
+
+class PromotionConflict(RegistryError):
+    """The alias moved between the caller's read and its write (compare-and-set failed)."""
+
+
+@contextlib.contextmanager
+def _mlflow_errors(what: str, hint: str = ""):
+    """MLflow and I/O errors as one `RegistryError` line, credentials masked: the message
+    reaches the CLI, Serve logs and `GET /v1/model`."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except RegistryError as err:
+        raise type(err)(redact_uri(str(err))) from None
+    except MlflowException as err:
+        raise RegistryError(redact_uri(f"{what}: {err.message}{hint}")) from None
+    except OSError as err:
+        raise RegistryError(redact_uri(f"{what}: {err}")) from None
 
 
 @dataclass
@@ -91,7 +126,8 @@ def log_checkpoint_model(checkpoint_dir: Path, *, name: str = "model", data_dir:
 
     example = pd.DataFrame({"item_ids": [["item-a", "item-b", "item-c"]]})
     signature = infer_signature(example, [0.5])
-    with tempfile.TemporaryDirectory() as tmp:
+    need = sum(f.stat().st_size for f in Path(checkpoint_dir).rglob("*") if f.is_file())
+    with staging_dir(need, prefix="outfitter-stage-") as tmp:
         # The model needs the checkpoint's model files only (not the optimiser state), under a
         # fixed folder name: MLflow keeps the source folder's name inside `artifacts/`.
         staged = Path(tmp) / "checkpoint"
@@ -126,6 +162,21 @@ def _pinned_requirements() -> list[str]:
     return reqs
 
 
+@contextlib.contextmanager
+def staging_dir(need_bytes: int, *, prefix: str = "outfitter-"):
+    """A temp folder with room for `need_bytes` (checked first), removed on every exit path."""
+    root = Path(tempfile.gettempdir())
+    free = shutil.disk_usage(root).free
+    if free < need_bytes + STAGING_MIN_FREE:
+        raise RegistryError(
+            f"temp folder {root} has {free / 2**20:.0f} MiB free; staging needs "
+            f"{(need_bytes + STAGING_MIN_FREE) / 2**20:.0f} MiB: free space or point TMPDIR "
+            "at a larger disk"
+        )
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        yield tmp
+
+
 def register_model(
     model_uri: str,
     *,
@@ -142,7 +193,8 @@ def register_model(
 
 
 def set_alias(name: str, alias: str, version: str | int) -> None:
-    _client().set_registered_model_alias(name, alias, str(version))
+    with _mlflow_errors(f"cannot set alias {alias!r} of {name!r}"):
+        _client().set_registered_model_alias(name, alias, str(version))
 
 
 def version_by_alias(name: str, alias: str):
@@ -159,65 +211,187 @@ def version_metrics(version) -> dict:
     """The metrics of the run that produced a model version."""
     if not version.run_id:
         return {}
-    return dict(_client().get_run(version.run_id).data.metrics)
+    with _mlflow_errors(f"cannot read the metrics of run {version.run_id}"):
+        return dict(_client().get_run(version.run_id).data.metrics)
 
 
 def log_index(name: str, version: str | int, index_dir: Path) -> str:
-    """Log a built faiss index folder to the version's run and record it on the version."""
-    client = _client()
-    mv = client.get_model_version(name, str(version))
-    artifact_path = f"index-v{mv.version}"
-    client.log_artifacts(mv.run_id, str(index_dir), artifact_path=artifact_path)
-    client.set_model_version_tag(name, mv.version, INDEX_TAG, f"runs:/{mv.run_id}/{artifact_path}")
+    """Log a built faiss index folder to the version's run and record it on the version.
+
+    The folder is verified first (manifest, checksums, built for this version); it goes to a
+    path no earlier build used, and the tag pointing at it is written last.
+    """
+    from outfitter.platform.index import IndexIntegrityError, verify_index
+
+    with _mlflow_errors(f"cannot log the index of {name!r} version {version}"):
+        client = _client()
+        mv = client.get_model_version(name, str(version))
+        try:
+            verify_index(Path(index_dir), model_version=mv.version)
+        except (IndexIntegrityError, FileNotFoundError) as err:
+            raise RegistryError(f"not logging index {index_dir}: {err}") from err
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        artifact_path = f"index-v{mv.version}-{stamp}-{uuid.uuid4().hex[:8]}"
+        client.log_artifacts(mv.run_id, str(index_dir), artifact_path=artifact_path)
+        index_uri = f"runs:/{mv.run_id}/{artifact_path}"
+        client.set_model_version_tag(name, mv.version, INDEX_TAG, index_uri)
     return artifact_path
 
 
-def promote(
-    name: str, version: str | int, *, alias: str = "champion", require_index: bool = True
-) -> None:
-    """Move `alias` to `version`: one registry write, and only once the version has its index.
+def verify_version_index(name: str, version: str | int) -> str:
+    """Download a version's tagged index and check it against its manifest; returns its URI.
 
-    The alias write is the single atomic step: a crash before it leaves the old champion (with
-    its index) serving; after it, the new champion already has its index.
+    Raises RegistryError naming what is wrong (no tag, files pruned or damaged, another
+    version's index)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from outfitter.platform.index import IndexIntegrityError, verify_index
+
+    with _mlflow_errors(f"cannot verify the index of {name!r} version {version}"):
+        mv = _client().get_model_version(name, str(version))
+        index_uri = (mv.tags or {}).get(INDEX_TAG)
+        if not index_uri:
+            raise RegistryError(
+                f"version {version} of {name!r} has no faiss index yet; build it first with "
+                f"`outfitter index build --model models:/{name}/{version} --data DIR`"
+            )
+        with staging_dir(0, prefix="outfitter-verify-") as tmp:
+            try:
+                folder = mlflow.artifacts.download_artifacts(artifact_uri=index_uri, dst_path=tmp)
+                verify_index(Path(folder), model_version=mv.version)
+            except (IndexIntegrityError, FileNotFoundError, MlflowException) as err:
+                raise RegistryError(
+                    f"version {version} of {name!r}: its index {index_uri} is unusable ({err}); "
+                    f"rebuild it with `outfitter index build --model models:/{name}/{version}`"
+                ) from err
+    return index_uri
+
+
+def _lock_name(name: str, alias: str) -> str:
+    return f"{name}.{alias}.promotion-lock"
+
+
+@contextlib.contextmanager
+def alias_lock(name: str, alias: str, *, wait_s: float = LOCK_WAIT_S):
+    """Mutual exclusion for moving `alias` of `name`, across processes and hosts.
+
+    MLflow has no conditional alias write, but creating a registered model is atomic in its
+    store (a unique name): the lock is a registered model that exists while held. One left by a
+    crashed process is taken over after `LOCK_STALE_S`.
     """
-    mv = _client().get_model_version(name, str(version))
-    if require_index and INDEX_TAG not in (mv.tags or {}):
-        raise RegistryError(
-            f"version {version} of {name!r} has no faiss index yet; build it first with "
-            f"`outfitter index build --model models:/{name}/{version} --data DIR`"
-        )
-    set_alias(name, alias, mv.version)
+    from mlflow.exceptions import MlflowException
+
+    client, lock = _client(), _lock_name(name, alias)
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            client.create_registered_model(lock, tags={"pid": str(os.getpid())})
+            break
+        except MlflowException as err:
+            if err.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        with contextlib.suppress(MlflowException):
+            held = client.get_registered_model(lock)
+            if time.time() - held.creation_timestamp / 1000 > LOCK_STALE_S:
+                client.delete_registered_model(lock)
+                continue
+        if time.monotonic() > deadline:
+            raise RegistryError(
+                f"another promotion of {name}@{alias} has held its lock for over {wait_s:.0f} s "
+                f"(registered model {lock!r}; delete it if no promotion is running)"
+            )
+        time.sleep(0.05)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(MlflowException):
+            client.delete_registered_model(lock)
+
+
+_ANY = object()
+
+
+def promote(
+    name: str,
+    version: str | int,
+    *,
+    alias: str = "champion",
+    require_index: bool = True,
+    expected=_ANY,
+) -> None:
+    """Move `alias` to `version`, once the version's index files are verified.
+
+    A compare-and-set: under the alias lock the alias is re-read, and with `expected` (a
+    version, or None for unset) the move happens only if the alias is still there
+    (`PromotionConflict` otherwise). The alias write is the single step that changes what is
+    served: a crash before it leaves the old champion (with its index) serving.
+    """
+    if require_index:
+        verify_version_index(name, version)
+    with _mlflow_errors(f"cannot promote {name!r} version {version}"), alias_lock(name, alias):
+        _compare_and_set(name, alias, version, expected)
+
+
+def _compare_and_set(name: str, alias: str, version, expected) -> None:
+    if expected is not _ANY:
+        current = version_by_alias(name, alias)
+        now = None if current is None else str(current.version)
+        if now != (None if expected is None else str(expected)):
+            raise PromotionConflict(
+                f"{name}@{alias} is at version {now}, not {expected} as expected: another "
+                "promotion moved it; re-read and retry"
+            )
+    set_alias(name, alias, str(version))
 
 
 def promote_if_better(
     name: str, version: str | int, metric: str, *, mode: str = "max", require_index: bool = True
 ) -> bool:
-    """Promote `version` to champion when it beats the current champion on `metric`."""
-    current = version_by_alias(name, "champion")
-    new = version_metrics(_client().get_model_version(name, str(version))).get(metric)
-    if current is not None and str(current.version) != str(version):
-        old = version_metrics(current).get(metric)
-        if old is not None and new is not None:
-            better = new > old if mode == "max" else new < old
-            if not better:
-                return False
-    promote(name, version, require_index=require_index)
+    """Promote `version` to champion when it beats the current champion on `metric`.
+
+    The champion is read and moved under one alias lock, so two concurrent runs cannot both
+    beat the old champion and have the worse one written last.
+    """
+    if require_index:
+        verify_version_index(name, version)
+    with _mlflow_errors(f"cannot promote {name!r} version {version}"):
+        new = version_metrics(_client().get_model_version(name, str(version))).get(metric)
+        with alias_lock(name, "champion"):
+            current = version_by_alias(name, "champion")
+            if current is not None and str(current.version) != str(version):
+                old = version_metrics(current).get(metric)
+                if old is not None and new is not None:
+                    better = new > old if mode == "max" else new < old
+                    if not better:
+                        return False
+            set_alias(name, "champion", str(version))
     return True
 
 
 def resolve_model(uri: str, *, dst: Path | None = None) -> ResolvedModel:
-    """Resolve a model URI (registry alias/version, runs:/ URI, local folder) to local files."""
+    """Resolve a model URI (registry alias/version, runs:/ URI, local folder) to local files.
+
+    Registry and run URIs download into the model cache (see the module docstring), or into
+    `dst` when given; a version's index is verified against its manifest and version.
+    """
     local = Path(uri)
     if "://" not in uri and local.is_dir():
         if not (local / "config.json").exists():
             raise RegistryError(f"{uri} is a folder but not a checkpoint (no config.json in it)")
         return ResolvedModel(checkpoint_dir=local)
     import mlflow
-    from mlflow.exceptions import MlflowException
 
     match = _MODELS_URI.match(uri)
-    mv = None
-    try:
+    if not match and not uri.startswith("runs:/"):
+        raise RegistryError(
+            f"cannot read model URI {uri!r}: use models:/NAME@ALIAS, models:/NAME/VERSION, "
+            "runs:/RUN_ID/model, or a local checkpoint folder"
+        )
+    store = mlflow.get_tracking_uri()
+    hint = ". List versions and aliases with `mlflow ui`, or check MLFLOW_TRACKING_URI."
+    with _mlflow_errors(f"cannot resolve {uri!r} against the MLflow store {store!r}", hint):
+        mv = None
         if match:
             name, alias = match["name"], match["alias"]
             mv = (
@@ -226,39 +400,97 @@ def resolve_model(uri: str, *, dst: Path | None = None) -> ResolvedModel:
                 else _client().get_model_version(name, match["version"])
             )
             source = f"models:/{name}/{mv.version}"
-        elif uri.startswith("runs:/"):
-            source = uri
         else:
-            raise RegistryError(
-                f"cannot read model URI {uri!r}: use models:/NAME@ALIAS, models:/NAME/VERSION, "
-                "runs:/RUN_ID/model, or a local checkpoint folder"
-            )
-        root = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=_dst(dst)))
-    except MlflowException as err:
-        # The message reaches the CLI, Serve logs and GET /v1/model: no credentials in it.
-        raise RegistryError(
-            redact_uri(
-                f"cannot resolve {uri!r} against the MLflow store {mlflow.get_tracking_uri()!r}: "
-                f"{err.message}. List versions and aliases with `mlflow ui`, or check "
-                "MLFLOW_TRACKING_URI."
-            )
-        ) from err
-    except OSError as err:
-        raise RegistryError(redact_uri(f"cannot download the artifacts of {uri!r}: {err}")) from err
-    checkpoint = root / "artifacts" / "checkpoint"
+            source = uri
+        index_uri = (mv.tags or {}).get(INDEX_TAG) if mv is not None else None
+        root = _download(store, source, index_uri, dst)
+        metrics = version_metrics(mv) if mv is not None else {}
+    checkpoint = root / "model" / "artifacts" / "checkpoint"
     if not (checkpoint / "config.json").exists():
         raise RegistryError(f"{uri!r} has no checkpoint artifact (expected artifacts/checkpoint/)")
-    resolved = ResolvedModel(checkpoint_dir=checkpoint)
+    resolved = ResolvedModel(checkpoint_dir=checkpoint, metrics=metrics)
     if mv is not None:
         resolved.name, resolved.version, resolved.run_id = mv.name, str(mv.version), mv.run_id
         resolved.alias = match["alias"] if match else None
-        resolved.metrics = version_metrics(mv)
-        index_uri = (mv.tags or {}).get(INDEX_TAG)
         if index_uri:
-            resolved.index_dir = Path(
-                mlflow.artifacts.download_artifacts(artifact_uri=index_uri, dst_path=_dst(dst))
-            )
+            resolved.index_dir = _verified_index(root / "index", mv, index_uri)
     return resolved
+
+
+def _verified_index(folder: Path, mv, index_uri: str) -> Path:
+    from outfitter.platform.index import IndexIntegrityError, verify_index
+
+    try:
+        verify_index(folder, model_version=mv.version)
+    except (IndexIntegrityError, FileNotFoundError) as err:
+        what = f"the index of {mv.name!r} version {mv.version} ({index_uri})"
+        raise RegistryError(redact_uri(f"{what} is unusable: {err}")) from None
+    return folder
+
+
+def model_cache_root() -> Path:
+    """`$OUTFITTER_CACHE_DIR/models` (else `~/.cache/outfitter/models`)."""
+    base = os.environ.get("OUTFITTER_CACHE_DIR") or Path.home() / ".cache" / "outfitter"
+    return Path(base) / "models"
+
+
+def _download(store: str, source: str, index_uri: str | None, dst: Path | None) -> Path:
+    """A folder with `model/` (the logged model) and `index/` (when the version has one).
+
+    Without `dst`, the cache entry of (store, source, index) is reused when complete; else it
+    is downloaded to a staging folder beside it and renamed into place, so a crashed or
+    concurrent download never leaves a half entry that a later load would trust.
+    """
+    import mlflow
+
+    def fetch(into: Path) -> None:
+        # models:/ URIs download into the folder given, runs:/ URIs into a subfolder of it
+        got = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=_dst(into / "dl"))
+        os.rename(got, into / "model")
+        shutil.rmtree(into / "dl", ignore_errors=True)
+        if index_uri:
+            got = mlflow.artifacts.download_artifacts(artifact_uri=index_uri, dst_path=str(into))
+            os.rename(got, into / "index")
+
+    if dst is not None:
+        target = Path(dst) / uuid.uuid4().hex[:8]
+        fetch(target)
+        return target
+    root = model_cache_root()
+    key = hashlib.sha256(f"{redact_uri(store)}|{source}|{index_uri}".encode()).hexdigest()[:16]
+    label = re.sub(r"[^\w.-]+", "-", source.split(":/", 1)[-1]).strip("-")[:60]
+    entry = root / f"{label}-{key}"
+    if (entry / ".complete").is_file():
+        (entry / ".complete").touch()  # most recently used
+        return entry
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{entry.name}.tmp-", dir=root))
+    try:
+        fetch(staging)
+        (staging / ".complete").write_text(json.dumps({"source": source, "index": index_uri}))
+        try:
+            os.rename(staging, entry)
+        except OSError:  # another process completed the same entry first
+            if not (entry / ".complete").is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    _evict(root, keep_entry=entry)
+    return entry
+
+
+def _evict(root: Path, keep_entry: Path) -> None:
+    """Keep the `OUTFITTER_MODEL_CACHE_KEEP` most recently used entries; drop the rest and any
+    staging folder a crashed download left over an hour ago."""
+    keep = int(os.environ.get("OUTFITTER_MODEL_CACHE_KEEP", MODEL_CACHE_KEEP))
+    entries = [e for e in root.iterdir() if (e / ".complete").is_file() and e != keep_entry]
+    entries.sort(key=lambda e: (e / ".complete").stat().st_mtime, reverse=True)
+    for old in entries[max(keep - 1, 0) :]:
+        shutil.rmtree(old, ignore_errors=True)
+    for stale in root.glob(".*.tmp-*"):
+        with contextlib.suppress(OSError):
+            if time.time() - stale.stat().st_mtime > 3600:
+                shutil.rmtree(stale, ignore_errors=True)
 
 
 def _dst(dst: Path | None) -> str | None:
