@@ -217,7 +217,9 @@ def train(
     model_config: str = typer.Option(
         "hybrid-tiny", "--model-config", help="Config name or YAML path."
     ),
-    data: Path = typer.Option(..., "--data", help="Dataset folder (Polyvore layout)."),
+    data: Path = typer.Option(
+        ..., "--data", help="Dataset folder (Polyvore layout or Amazon co-purchase metadata)."
+    ),
     workers: int = typer.Option(1, "--workers", help="Ray Train workers (DDP processes)."),
     gpu: bool = typer.Option(False, "--gpu", help="One GPU per worker, bf16 autocast."),
     epochs: int | None = typer.Option(None, "--epochs", help="Max epochs (default: the config's)."),
@@ -244,6 +246,9 @@ def train(
     ),
     patience: int | None = typer.Option(
         None, "--patience", help="Early stopping: epochs without a better valid AUC (0 = off)."
+    ),
+    data_format: str = typer.Option(
+        "auto", "--format", help="Dataset format: auto (detected from the files), polyvore, amazon."
     ),
 ) -> None:
     """Train on Ray Train, evaluate, log to MLflow and register a version (alias challenger)."""
@@ -274,6 +279,7 @@ def train(
             overrides=overrides,
             model_name=model_name,
             promote_if_better=promote_if_better,
+            data_format=data_format,
         )
     except _user_errors() as err:
         _fail(str(err))
@@ -304,14 +310,22 @@ def evaluate(
     workdir: Path = typer.Option(
         Path("outfitter-work"), "--workdir", help="Where the local MLflow store is."
     ),
+    data_format: str = typer.Option(
+        "auto", "--format", help="Dataset format: auto (detected from the files), polyvore, amazon."
+    ),
 ) -> None:
-    """Compatibility AUC, FITB accuracy and recall@10 of a model version; logged to its run."""
+    """Compatibility AUC, FITB accuracy and recall@10 of a model version; logged to its run.
+
+    On an Amazon co-purchase folder: pair AUC, hit@1/5/10 and MRR among same-category candidates.
+    """
     import json
 
     from outfitter.platform.evaluation import evaluate_model
 
     try:
-        result = evaluate_model(model, data, split, version=version, workdir=workdir)
+        result = evaluate_model(
+            model, data, split, version=version, workdir=workdir, data_format=data_format
+        )
     except _user_errors() as err:
         _fail(str(err))
     text = json.dumps(result, indent=2)
@@ -361,6 +375,9 @@ def tune(
         None, "--storage-path", help="Ray storage (folder or URI)."
     ),
     model_name: str = typer.Option("outfitter", "--model-name", help="Registered model name."),
+    data_format: str = typer.Option(
+        "auto", "--format", help="Dataset format: auto (detected from the files), polyvore, amazon."
+    ),
 ) -> None:
     """Run (or resume) a Ray Tune search; registers the best trial as `challenger`."""
     from outfitter.platform.tune_config import TuneConfigError, load_search_config
@@ -374,6 +391,7 @@ def tune(
             workdir=workdir,
             model_name=model_name,
             storage_path=storage_path or str(workdir / "ray_results"),
+            data_format=data_format,
         )
     except (TuneConfigError, *_user_errors()) as err:
         _fail(str(err))
@@ -401,14 +419,21 @@ def index_build(
     workdir: Path = typer.Option(
         Path("outfitter-work"), "--workdir", help="Where the local MLflow store is."
     ),
+    data_format: str = typer.Option(
+        "auto", "--format", help="Dataset format: auto (detected from the files), polyvore, amazon."
+    ),
 ) -> None:
     """Build the faiss catalog index of a model version and log it to that version."""
     import tempfile
 
+    from outfitter.data import detect_format
     from outfitter.platform import registry
     from outfitter.platform.index import IndexConfig, build_index_for_model
 
     try:
+        detected = detect_format(data)  # the index reads the catalog as detected
+        if detect_format(data, data_format) != detected:
+            _fail(f"--format {data_format}: {data} is a {detected} folder")
         if "://" in model or model.startswith(("models:/", "runs:/")):
             registry.configure_tracking(workdir)
         resolved = registry.resolve_model(model)

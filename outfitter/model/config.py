@@ -102,6 +102,7 @@ class LossCfg:
     category_weight: float = 1.0  # weight of category_loss (target.infer_category's head)
     triplet_margin: float = 0.2  # sun2020: margin, scaled by the positive pair's weight
     triplet_weight: float = 1.0  # sun2020: weight of triplet_loss
+    triplet_weighted: bool = True  # sun2020: scale the margin by the pair's weight; false = plain
 
 
 @dataclass(frozen=True)

@@ -121,15 +121,25 @@ class Sun2020Model(nn.Module):
         )
 
     def encode_items(self, inputs: dict) -> torch.Tensor:
-        """L2-normalised item vectors (U, D) from `pixels` (U, 3, H, W) and `tokens` (U, L)."""
-        visual = self.visual(self.cnn(inputs["pixels"]))  # (U, D)
+        """L2-normalised item vectors (U, D) from `pixels` (U, 3, H, W) and `tokens` (U, L).
+
+        `item.modalities` ablates a branch: a modality left out enters the fusion as zeros.
+        """
+        modalities = self.cfg.item.modalities
         tokens = inputs["tokens"]  # (U, L), 0 = padding
-        lengths = (tokens != 0).sum(1).clamp(min=1).cpu()
-        packed = nn.utils.rnn.pack_padded_sequence(
-            self.words(tokens), lengths, batch_first=True, enforce_sorted=False
-        )
-        _, (h, _) = self.lstm(packed)  # h: (layers, U, H)
-        semantic = self.semantic(h[-1])  # (U, D)
+        if "image" in modalities:
+            visual = self.visual(self.cnn(inputs["pixels"]))  # (U, D)
+        else:
+            visual = tokens.new_zeros(len(tokens), self.cfg.sun2020.dim, dtype=torch.float)
+        if "text" in modalities:
+            lengths = (tokens != 0).sum(1).clamp(min=1).cpu()
+            packed = nn.utils.rnn.pack_padded_sequence(
+                self.words(tokens), lengths, batch_first=True, enforce_sorted=False
+            )
+            _, (h, _) = self.lstm(packed)  # h: (layers, U, H)
+            semantic = self.semantic(h[-1])  # (U, D)
+        else:
+            semantic = torch.zeros_like(visual)
         fused = self.fusion(torch.cat([visual, semantic], dim=-1))  # (U, D)
         return F.normalize(fused, dim=-1)
 

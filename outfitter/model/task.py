@@ -106,9 +106,10 @@ class OutfitTask(nn.Module):
     def _triplets(self, b: dict, key: str) -> dict:
         """sun2020 on the data layer's pair dataset (e.g. co-purchase pairs with weights)."""
         vecs = self.model.encode_items(b["inputs"])  # (U, D)
+        weight = b["weight"] if self.cfg.loss.triplet_weighted else torch.ones_like(b["weight"])
         loss = weighted_triplet_loss(
             vecs[b["anchor"]], vecs[b["positive"]], vecs[b["negative"]],
-            b["weight"].to(vecs.dtype), self.cfg.loss.triplet_margin,
+            weight.to(vecs.dtype), self.cfg.loss.triplet_margin,
         )  # fmt: skip
         return {key: self.cfg.loss.triplet_weight * loss}
 

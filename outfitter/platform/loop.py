@@ -46,6 +46,7 @@ class EpochRunner:
         rank: int,
         world: int,
         device: torch.device,
+        data_format: str | None = None,
     ):
         from outfitter.data import load_catalog, load_split
         from outfitter.model.factory import build_model
@@ -64,9 +65,11 @@ class EpochRunner:
         self.cfg, self.settings, self.rank, self.world = model_cfg, settings, rank, world
         self.device, self.mlflow_info = device, mlflow_info
         torch.manual_seed(settings.seed)
-        self.catalog = load_catalog(data_dir)
-        self.train_split = load_split(data_dir, settings.version, "train", self.catalog)
-        self.valid_split = load_split(data_dir, settings.version, "valid", self.catalog)
+        self.catalog = load_catalog(data_dir, data_format)  # either format (`data.formats`)
+        self.train_split, self.valid_split = (
+            load_split(data_dir, settings.version, name, self.catalog, data_format)
+            for name in ("train", "valid")
+        )
         vocab = None
         if model_cfg.kind == "sun2020":  # the baseline's word vocabulary: titles of train items
             from outfitter.model.factory import build_vocab
@@ -115,6 +118,7 @@ class EpochRunner:
             rank,
             world,
             resolve_device(ray.train.torch.get_device()),  # the GPU Ray gave this worker
+            config.get("data_format"),
         )
 
     def _wrap(self, task):
@@ -215,11 +219,12 @@ class EpochRunner:
 
     @torch.no_grad()
     def validate(self) -> dict:
-        """Validation metrics of the current weights (rank 0), prefixed `valid_`."""
-        from outfitter.model.evaluate import evaluate
+        """Validation metrics of the current weights (rank 0), prefixed `valid_`: outfit metrics,
+        or pair metrics on a pair split (Amazon co-purchase)."""
+        from outfitter.model.evaluate_pairs import evaluate_split
 
         self.task.eval()
-        metrics = evaluate(self.model, self.builder, self.valid_split, self.catalog)
+        metrics = evaluate_split(self.model, self.builder, self.valid_split, self.catalog)
         return {f"valid_{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
 
     def update_early_stopping(self, metrics: dict) -> bool:

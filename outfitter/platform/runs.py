@@ -87,21 +87,26 @@ class EpochProgress:
         return " · ".join(parts)
 
 
-def prepare_inputs(model_cfg, data_dir: Path, *, cache_dir: Path | None = None) -> dict:
+def prepare_inputs(
+    model_cfg, data_dir: Path, *, cache_dir: Path | None = None, data_format: str | None = None
+) -> dict:
     """Check the dataset, embed it if the model reads cached features, and return the loop inputs.
 
-    Returns a dict with `data_dir` (absolute) and `features` (a FeatureTable or None).
+    Returns a dict with `data_dir` (absolute), `data_format` (polyvore or amazon: detected, or
+    `data_format` when given) and `features` (a FeatureTable or None).
     """
-    from outfitter.data import check_dataset, load_catalog
+    from outfitter.data import check_dataset, detect_format, load_catalog
 
     data_dir = Path(data_dir).resolve()
+    fmt = detect_format(data_dir, data_format)  # one line for a folder of neither format
     check_dataset(data_dir)  # raises DatasetError with the report: never train on a broken dataset
     features = None
     if model_cfg.input_kind == "features":
         from outfitter.platform.embed import embed_catalog
 
-        features, _, _ = embed_catalog(load_catalog(data_dir), model_cfg.clip, cache_dir=cache_dir)
-    return {"data_dir": str(data_dir), "features": features}
+        catalog = load_catalog(data_dir, fmt)
+        features, _, _ = embed_catalog(catalog, model_cfg.clip, cache_dir=cache_dir)
+    return {"data_dir": str(data_dir), "data_format": fmt, "features": features}
 
 
 def loop_config(model_cfg, settings: TrainSettings, inputs: dict, mlflow_info: dict | None) -> dict:
@@ -113,6 +118,7 @@ def loop_config(model_cfg, settings: TrainSettings, inputs: dict, mlflow_info: d
         "model_config": model_cfg.to_dict(),
         "settings": settings.to_dict(),
         "data_dir": inputs["data_dir"],
+        "data_format": inputs.get("data_format"),
         "features_ref": None if features is None else ray.put(features),
         "mlflow": mlflow_info,
     }
@@ -148,8 +154,12 @@ def train_and_register(
     model_name: str = "outfitter",
     promote_if_better: bool = False,
     cache_dir: Path | None = None,
+    data_format: str | None = None,
 ) -> TrainOutcome:
-    """Train on Ray, evaluate the best checkpoint, log everything to MLflow, register a version."""
+    """Train on Ray, evaluate the best checkpoint, log everything to MLflow, register a version.
+
+    `data_format`: polyvore or amazon (`data.formats`); None detects it from the folder.
+    """
     import mlflow
     import ray
 
@@ -162,7 +172,7 @@ def train_and_register(
     experiment_id = registry.ensure_experiment(EXPERIMENT)
     model_cfg = load_config(model_config, overrides=overrides or None)
     settings = settings.resolve(model_cfg)
-    inputs = prepare_inputs(model_cfg, data_dir, cache_dir=cache_dir)
+    inputs = prepare_inputs(model_cfg, data_dir, cache_dir=cache_dir, data_format=data_format)
     if not ray.is_initialized():
         ray.init(include_dashboard=False, log_to_driver=False)
     with _find_or_start_run(settings.run_name, experiment_id) as run:
@@ -261,6 +271,7 @@ def _final_evaluation(checkpoint_dir: Path, inputs: dict, version: str) -> tuple
         "valid",
         version=version,
         features=inputs["features"],
+        data_format=inputs.get("data_format"),
     )
     test = evaluate_checkpoint(
         checkpoint_dir,
@@ -268,6 +279,7 @@ def _final_evaluation(checkpoint_dir: Path, inputs: dict, version: str) -> tuple
         "test",
         version=version,
         features=inputs["features"],
+        data_format=inputs.get("data_format"),
     )
     return valid, test
 

@@ -20,8 +20,12 @@ def run_search(
     workdir: Path,
     storage_path: str,
     model_name: str = "outfitter",
+    data_format: str | None = None,
 ) -> SearchOutcome:
-    """Run or resume `search` on `data_dir`; log, tabulate, plot and register its best trial."""
+    """Run or resume `search` on `data_dir`; log, tabulate, plot and register its best trial.
+
+    `data_format`: polyvore or amazon (`data.formats`); None detects it from the folder.
+    """
     import mlflow
     import ray
     from ray import tune
@@ -49,7 +53,7 @@ def run_search(
     )
     if search.scheduler.type == "asha" and base_settings.epochs < search.scheduler.max_t:
         base_settings = base_settings.with_overrides(epochs=search.scheduler.max_t)
-    inputs = prepare_inputs(base_cfg, data_dir)
+    inputs = prepare_inputs(base_cfg, data_dir, data_format=data_format)
     if not ray.is_initialized():
         ray.init(include_dashboard=False, log_to_driver=False)
     storage_path = _storage_path(storage_path)
@@ -63,7 +67,11 @@ def run_search(
             "model_config_name": search.model_config_name,
             "settings": base_settings.to_dict(),
             "tracking_uri": tracking_uri,
-            "loop": {"data_dir": inputs["data_dir"], "features_ref": features_ref},
+            "loop": {
+                "data_dir": inputs["data_dir"],
+                "data_format": inputs["data_format"],
+                "features_ref": features_ref,
+            },
         }
         trainable = tune.with_parameters(
             _trial,
