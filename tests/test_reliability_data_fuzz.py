@@ -10,6 +10,8 @@ refuses it ("valid" means "loads"). Example counts are bounded so the module run
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import io
 import json
 import re
@@ -32,6 +34,38 @@ FUZZ = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     derandomize=True,  # the same cases on every run: a failure reproduces
 )
+MIN_CASES = 50  # each property must really execute at least this many cases (counted)
+CASES: dict[str, int] = {}  # test name -> cases executed in this session
+
+
+def counted(test):
+    """Count the cases a hypothesis test executes and fail it below MIN_CASES.
+
+    `max_examples` is a ceiling: hypothesis stops early when it runs out of distinct inputs or
+    rejects them, so a configured 60 can mean 3. The body is wrapped through hypothesis's
+    reassignable `inner_test`; the outer check keeps the test's pytest signature (fixtures).
+    """
+    inner = test.hypothesis.inner_test
+
+    @functools.wraps(inner)
+    def counting(*args, **kwargs):
+        CASES[test.__name__] = CASES.get(test.__name__, 0) + 1
+        return inner(*args, **kwargs)
+
+    test.hypothesis.inner_test = counting
+
+    def check(*args, **kwargs):
+        CASES[test.__name__] = 0
+        test(*args, **kwargs)
+        ran = CASES[test.__name__]
+        print(f"\n{test.__name__}: {ran} cases executed")
+        assert ran >= MIN_CASES, f"{test.__name__} executed {ran} cases; at least {MIN_CASES}"
+
+    check.__name__, check.__doc__, check.__module__ = test.__name__, test.__doc__, test.__module__
+    check.__signature__ = inspect.signature(test)
+    return check
+
+
 JSON_FILES = [
     P.METADATA_FILE,
     P.OUTFIT_TITLES_FILE,
@@ -106,6 +140,7 @@ def outcome(root: Path, changed: Path) -> DatasetError | None:
 # ---------------------------------------------------------------- corrupted JSON
 
 
+@counted
 @FUZZ
 @given(name=st.sampled_from(JSON_FILES), cut=st.floats(0.0, 0.999))
 def test_truncated_json_names_file_line_and_column(root, name, cut):
@@ -118,6 +153,7 @@ def test_truncated_json_names_file_line_and_column(root, name, cut):
     assert re.search(rf"{where}:\d+:\d+: invalid JSON|{where}: not UTF-8 .* at byte", str(error))
 
 
+@counted
 @FUZZ
 @given(name=st.sampled_from(JSON_FILES + TEXT_FILES), junk=st.binary(min_size=1, max_size=300))
 @example(name=P.METADATA_FILE, junk=b"\xff\xfe\x00garbage")
@@ -130,6 +166,7 @@ def test_binary_garbage_is_a_dataset_error(root, name, junk):
         outcome(root, path)
 
 
+@counted
 @FUZZ
 @given(name=st.sampled_from(JSON_FILES), value=json_values)
 def test_any_json_document_in_place_of_a_file(root, name, value):
@@ -149,6 +186,7 @@ def _entries(data):
     return out
 
 
+@counted
 @FUZZ
 @given(
     name=st.sampled_from(JSON_FILES),
@@ -193,6 +231,7 @@ def test_wrong_types_and_missing_keys_in_entries(root, name, pick, field, action
         outcome(root, path)
 
 
+@counted
 @FUZZ
 @given(
     name=st.sampled_from(TEXT_FILES),
@@ -210,6 +249,7 @@ def test_task_and_category_lines(root, name, lines):
 # ---------------------------------------------------------------- unicode and huge titles
 
 
+@counted
 @FUZZ
 @given(
     title=st.text(min_size=1, max_size=30).filter(lambda t: t.strip()),
@@ -235,6 +275,7 @@ def _jpeg() -> bytes:
     return buf.getvalue()
 
 
+@counted
 @FUZZ
 @given(
     kind=st.sampled_from(["truncated", "garbage", "garbage-after-header"]),
@@ -263,3 +304,81 @@ def test_truncated_or_non_image_files(root, kind, cut, junk):
     if refused:
         assert set(report.errors) == {"corrupt_image"}, report.format()
         assert image.name in report.errors["corrupt_image"].examples[0]
+
+
+# ---------------------------------------------------------------- the case counter itself
+
+
+def test_the_case_counter_fails_a_short_run():
+    """Three distinct inputs exist, so hypothesis stops after three cases: counted, it fails."""
+
+    @counted
+    @FUZZ
+    @given(x=st.sampled_from([1, 2, 3]))
+    def test_tiny(x):
+        assert x in (1, 2, 3)
+
+    with pytest.raises(AssertionError, match="executed 3 cases; at least 50"):
+        test_tiny()
+
+
+# ---------------------------------------------------------------- the Amazon reader
+
+
+@pytest.fixture(scope="module")
+def amazon_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("fuzz-amazon")
+
+
+_TOPS = [["Clothing, Shoes & Jewelry", "Women", "Clothing", "Tops & Tees"]]
+_SHOES = [["Clothing, Shoes & Jewelry", "Women", "Shoes", "Sandals"]]
+amazon_ids = st.sampled_from(["B001", "B002", "B003", "../B004", "B0/05", "B\x0006", "..", ""])
+amazon_records = st.fixed_dictionaries(
+    {"asin": amazon_ids | json_values},
+    optional={
+        "categories": st.sampled_from([_TOPS, _SHOES]) | json_values,
+        "title": st.text(max_size=20) | json_values,
+        "description": st.text(max_size=20) | json_values,
+        "related": st.fixed_dictionaries(
+            {}, optional={"also_bought": st.lists(amazon_ids, max_size=3),
+                          "bought_together": st.lists(amazon_ids, max_size=3) | json_values}
+        ) | json_values,
+    },
+)  # fmt: skip
+amazon_lines = st.lists(
+    amazon_records.map(json.dumps)
+    | amazon_records.map(repr)  # the 2014 dump's Python literals
+    | st.text(max_size=40),
+    min_size=1,
+    max_size=6,
+)
+
+
+@counted
+@FUZZ
+@given(lines=amazon_lines, gz=st.booleans(), cut=st.sampled_from([None, 0.3, 0.9]))
+def test_amazon_reader_loads_or_names_the_line(amazon_dir, lines, gz, cut):
+    """Any McAuley-style file, plain or gzip, whole or cut: `read_amazon` loads it or raises a
+    `DatasetError` naming the file; the validator never raises and agrees on a refusal."""
+    import gzip
+
+    from outfitter.data.amazon import read_amazon
+
+    for old in amazon_dir.iterdir():
+        old.unlink()
+    raw = "\n".join(lines).encode("utf-8", "surrogatepass")
+    if gz:
+        raw = gzip.compress(raw)
+    if cut is not None:
+        raw = raw[: int(len(raw) * cut)]
+    path = amazon_dir / ("meta_Clothing.json.gz" if gz else "meta_Clothing.json")
+    path.write_bytes(raw)
+    try:
+        data = read_amazon(amazon_dir)
+    except DatasetError as err:
+        assert str(path) in str(err), err
+        assert not validate_dataset(amazon_dir, sample=0).ok
+        return
+    for item_id in data.catalog.items:  # every id that loads names a file inside images/
+        assert P.id_problem(item_id) is None, item_id
+    validate_dataset(amazon_dir, sample=0)

@@ -29,8 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from outfitter.data.errors import DatasetError
+from outfitter.data.polyvore import id_problem
 from outfitter.data.types import Catalog, Item, ItemPair
 
+MAX_LINE_CHARS = 1 << 20  # one product record; the 2014/2018 dumps stay far below
 LINK_WEIGHTS = {"bought_together": 1.0, "also_bought": 0.5}
 RECIPROCAL_BONUS = 0.25
 _STEMS = {
@@ -94,7 +96,13 @@ def read_records(path: Path) -> Iterator[tuple[int, dict]]:
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rt", encoding="utf-8") as f:
-            for lineno, line in enumerate(f, start=1):
+            # streamed, and one line at most MAX_LINE_CHARS: a one-line gzip is never read whole
+            for lineno, line in enumerate(iter(lambda: f.readline(MAX_LINE_CHARS + 1), ""), 1):
+                if len(line) > MAX_LINE_CHARS:
+                    raise DatasetError(
+                        f"{path}:{lineno}: line longer than {MAX_LINE_CHARS:,} characters; "
+                        "one record per line expected"
+                    )
                 line = line.strip()
                 if not line:
                     continue
@@ -120,8 +128,9 @@ def read_records(path: Path) -> Iterator[tuple[int, dict]]:
 def _check_types(record: dict, where: str) -> None:
     """The fields the reader relies on have the dump's types (a wrong one names file and line)."""
     asin = record["asin"]
-    if not isinstance(asin, str) or not asin.strip() or "/" in asin:
-        raise DatasetError(f"{where}: `asin` must be a non-empty string id, got {asin!r:.60}")
+    if not isinstance(asin, str) or id_problem(asin):
+        why = id_problem(asin) if isinstance(asin, str) else "not a string"
+        raise DatasetError(f"{where}: `asin` {asin!r:.60} is not a usable item id ({why})")
     related = record.get("related")
     if related is not None and not isinstance(related, dict):
         raise DatasetError(f"{where}: `related` must be an object, got {type(related).__name__}")

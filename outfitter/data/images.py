@@ -3,6 +3,9 @@
 PIL's decompression-bomb limit (`Image.MAX_IMAGE_PIXELS`) is kept, and its
 `DecompressionBombWarning` (images between the limit and twice the limit) is treated as an error
 too: a catalog image is a product photo, never a 90-megapixel file.
+
+An image that is a symlink is followed only to a file in its own folder: a catalog cannot make
+the loaders (or the image route, which sends the file's bytes) read a file elsewhere.
 """
 
 from __future__ import annotations
@@ -24,9 +27,35 @@ _DECODE_ERRORS = (
 )
 
 
+def confined(path: Path) -> Path:
+    """`path`, checked: a symlink must resolve to a file inside the folder it sits in."""
+    if path.is_symlink():
+        target, folder = path.resolve(), path.parent.resolve()
+        if not target.is_relative_to(folder):
+            raise DatasetError(
+                f"{path}: a symlink to {target}, outside {folder}; refusing to follow it"
+            )
+    return path
+
+
+def image_file(image_dir: str | Path, item_id: str) -> Path:
+    """The image file of `item_id` under `image_dir` (`<id>.jpg`), checked to stay there.
+
+    Raises:
+        DatasetError: the id cannot name a file there, or the file is a symlink out.
+    """
+    from outfitter.data.polyvore import id_problem
+
+    problem = id_problem(item_id)
+    if problem:
+        raise DatasetError(f"{image_dir}: {problem}")
+    return confined(Path(image_dir) / f"{item_id}.jpg")
+
+
 def _open_checked(path: Path) -> Image.Image:
     if not path.is_file():
         raise DatasetError(f"{path}: image file not found")
+    confined(path)
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:

@@ -14,12 +14,19 @@ The parsers below take a `report` callback `(kind, where, message)`: the loader 
 raises `DatasetError` at the first problem, `validate.py` one that collects every problem. So the
 loader and the validator can never disagree on what a well-formed file is. Plain `json` + dicts
 and one pass per file keep the real sizes (251k items, 53k outfits) to a few seconds.
+
+A catalog may come from anyone, so: an item id must be usable as a file name (`images/<id>.jpg`
+stays inside `images/`: no `/`, `\\`, `..`, NUL or control characters), a file that resolves
+outside the dataset folder (a symlink out) is refused, and a JSON or task file over
+`MAX_FILE_BYTES` is refused before it is read.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -46,6 +53,40 @@ SPLITS = ("train", "valid", "test")
 # report(kind, where, message): see the module docstring; kinds are listed in validate.PROBLEMS.
 Report = Callable[[str, str, str], None]
 
+# The published metadata file is ~130 MB; `$OUTFITTER_MAX_FILE_BYTES` raises the cap.
+MAX_FILE_BYTES = 1 << 30
+MAX_ID_CHARS = 200  # `<id>.jpg` must fit a 255-byte file name
+_UNSAFE_ID_CHARS = re.compile(r"[/\\\x00-\x1f\x7f]")
+
+
+def id_problem(item_id: str) -> str | None:
+    """Why `item_id` cannot name its image file `images/<id>.jpg` safely; None when it can."""
+    if not item_id.strip():
+        return "item id is empty"
+    if len(item_id) > MAX_ID_CHARS:
+        return f"item id has {len(item_id)} characters; at most {MAX_ID_CHARS}"
+    if item_id in (".", "..") or item_id.startswith(".."):
+        return f"item id {item_id[:40]!r} would name a path outside images/"
+    bad = _UNSAFE_ID_CHARS.search(item_id)
+    if bad:
+        return f"item id {item_id[:40]!r} contains {bad.group()!r} (no /, \\, NUL or control chars)"
+    return None
+
+
+def file_problem(path: Path, root: Path | None = None) -> str | None:
+    """Why a dataset file must not be read: over the size cap, or (with `root`) resolving
+    outside the dataset folder through a symlink. None when it may be read."""
+    cap = int(os.environ.get("OUTFITTER_MAX_FILE_BYTES", MAX_FILE_BYTES))
+    if root is not None and not path.resolve().is_relative_to(Path(root).resolve()):
+        return f"resolves to {path.resolve()}, outside the dataset folder {root}; refusing it"
+    size = path.stat().st_size
+    if size > cap:
+        return (
+            f"{size:,} bytes, over the {cap:,}-byte limit for a dataset file "
+            "(raise OUTFITTER_MAX_FILE_BYTES if it is genuine)"
+        )
+    return None
+
 
 def raise_first(kind: str, where: str, message: str) -> None:
     """The loader's `report`: the first problem aborts with an actionable error."""
@@ -54,10 +95,14 @@ def raise_first(kind: str, where: str, message: str) -> None:
     )
 
 
-def read_json(path: Path) -> Any:
-    """Parse a JSON file; a missing, truncated or non-UTF-8 file becomes a `DatasetError`."""
+def read_json(path: Path, root: Path | None = None) -> Any:
+    """Parse a JSON file; a missing, truncated, non-UTF-8, oversized or (with `root`)
+    out-of-folder file becomes a `DatasetError`."""
     if not path.is_file():
         raise DatasetError(f"{path}: file not found")
+    problem = file_problem(path, root)
+    if problem:
+        raise DatasetError(f"{path}: {problem}")
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
@@ -77,6 +122,9 @@ def read_fine_categories(root: Path) -> dict[str, tuple[str, str]]:
     path = Path(root) / CATEGORIES_FILE
     if not path.is_file():
         return {}
+    problem = file_problem(path, Path(root))
+    if problem:
+        raise DatasetError(f"{path}: {problem}")
     fine: dict[str, tuple[str, str]] = {}
     try:
         with open(path, encoding="utf-8", newline="") as f:
@@ -121,6 +169,10 @@ def parse_items(
         return {}
     items: dict[str, Item] = {}
     for item_id, entry in raw.items():
+        problem = id_problem(item_id)
+        if problem:
+            report("unsafe_id", f"{where} item {item_id[:40]!r}", problem)
+            continue
         if not isinstance(entry, dict):
             report("malformed_entry", f"{where} item {item_id}", "entry is not a JSON object")
             continue
@@ -160,7 +212,7 @@ def load_catalog(root: str | Path) -> Catalog:
     root = Path(root)
     path = root / METADATA_FILE
     fine = read_fine_categories(root)
-    items = parse_items(read_json(path), str(path), fine, raise_first)
+    items = parse_items(read_json(path, root), str(path), fine, raise_first)
     if not items:
         raise DatasetError(f"{path}: the catalog has no items")
     return Catalog(root=root, items=items, image_dir=root / IMAGE_DIR)
@@ -225,6 +277,10 @@ def parse_compatibility(
 ) -> list[CompatibilityQuestion]:
     """Lines `<0|1> <set_id>_<index> ...`; blank lines are skipped."""
     questions: list[CompatibilityQuestion] = []
+    problem = file_problem(path)
+    if problem:
+        report("unsafe_file", str(path), problem)
+        return []
     try:
         with open(path, encoding="utf-8") as f:
             lines = f.read().splitlines()
@@ -312,7 +368,7 @@ def load_split(root: str | Path, version: str, split: str, catalog: Catalog | No
     check_version(version, split)
     folder = Path(root) / version
     path = folder / f"{split}.json"
-    outfits = parse_outfits(read_json(path), str(path), raise_first)
+    outfits = parse_outfits(read_json(path, root), str(path), raise_first)
     if catalog is not None:
         unknown = [(o.set_id, i) for o in outfits for i in o.item_ids if i not in catalog.items]
         if unknown:
@@ -322,12 +378,14 @@ def load_split(root: str | Path, version: str, split: str, catalog: Catalog | No
             )
     refs = outfit_refs(outfits)
     compat_path = folder / f"compatibility_{split}.txt"
+    if compat_path.is_file() and (problem := file_problem(compat_path, Path(root))):
+        raise DatasetError(f"{compat_path}: {problem}")
     compatibility = (
         parse_compatibility(compat_path, refs, raise_first) if compat_path.is_file() else []
     )
     fitb_path = folder / f"fill_in_blank_{split}.json"
     fitb = (
-        parse_fitb(read_json(fitb_path), str(fitb_path), refs, raise_first)
+        parse_fitb(read_json(fitb_path, root), str(fitb_path), refs, raise_first)
         if fitb_path.is_file()
         else []
     )
@@ -339,7 +397,7 @@ def load_outfit_titles(root: str | Path) -> dict[str, str]:
     path = Path(root) / OUTFIT_TITLES_FILE
     if not path.is_file():
         return {}
-    raw = read_json(path)
+    raw = read_json(path, Path(root))
     if not isinstance(raw, dict):
         raise DatasetError(f"{path}: expected a JSON object by set_id")
     titles = {}

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from outfitter.data import polyvore
 from outfitter.data.errors import DatasetError
-from outfitter.data.images import verify_image
+from outfitter.data.images import confined, verify_image
 
 # kind -> (severity, what it means); every kind a parser or check reports is listed here.
 PROBLEMS: dict[str, tuple[str, str]] = {
@@ -32,6 +32,8 @@ PROBLEMS: dict[str, tuple[str, str]] = {
     "unknown_item": ("error", "an outfit refers to an item missing from the metadata"),
     "unknown_reference": ("error", "a task refers to an outfit item not in the split"),
     "fitb_answer": ("error", "a FITB question has no (or several) answers from its own outfit"),
+    "unsafe_id": ("error", "an item id cannot name a file in images/ (/, .., NUL, control chars)"),
+    "unsafe_file": ("error", "a file is over the size cap, or a symlink out of its folder"),
     "missing_image": ("error", "an item has no image file"),
     "corrupt_image": ("error", "an image file does not decode"),
     "missing_version": ("warning", "a version folder (nondisjoint/disjoint) is absent"),
@@ -100,10 +102,14 @@ class ValidationReport:
 UNREADABLE = object()  # what `_read` returns for a file it could not parse (JSON `null` is None)
 
 
-def _read(path: Path, report: ValidationReport, **kw):
+def _read(path: Path, report: ValidationReport, root: Path, **kw):
     """read_json with problems recorded instead of raised; UNREADABLE when unreadable."""
     if not path.is_file():
         report.add("missing_file", str(path), "file not found")
+        return UNREADABLE
+    problem = polyvore.file_problem(path, root)
+    if problem:
+        report.add("unsafe_file", str(path), problem)
         return UNREADABLE
     try:
         with open(path, encoding="utf-8") as f:
@@ -130,7 +136,7 @@ def _check_items(root: Path, report: ValidationReport) -> dict:
             duplicates.extend(k for k, _ in pairs if k in seen or seen.add(k))
         return d
 
-    raw = _read(path, report, object_pairs_hook=top_level_pairs)
+    raw = _read(path, report, root, object_pairs_hook=top_level_pairs)
     for item_id in duplicates:
         report.add("duplicate_id", str(path), f"item id {item_id} appears more than once")
     if raw is UNREADABLE:
@@ -153,7 +159,7 @@ def _check_version(
     split_items: dict[str, set] = {}
     for split in polyvore.SPLITS:
         path = folder / f"{split}.json"
-        raw = _read(path, report)
+        raw = _read(path, report, root)
         outfits = (
             polyvore.parse_outfits(raw, str(path), report.add) if raw is not UNREADABLE else []
         )
@@ -169,11 +175,13 @@ def _check_version(
         split_items[split] = {i for o in outfits for i in o.item_ids}
         refs = polyvore.outfit_refs(outfits)
         compat = folder / f"compatibility_{split}.txt"
-        if compat.is_file():
+        if compat.is_file() and (problem := polyvore.file_problem(compat, root)):
+            report.add("unsafe_file", str(compat), problem)
+        elif compat.is_file():
             n = len(polyvore.parse_compatibility(compat, refs, report.add))
             report.counts[f"{version}/{split} compatibility"] = n
         fitb_path = folder / f"fill_in_blank_{split}.json"
-        if fitb_path.is_file() and (raw_fitb := _read(fitb_path, report)) is not UNREADABLE:
+        if fitb_path.is_file() and (raw_fitb := _read(fitb_path, report, root)) is not UNREADABLE:
             n = len(polyvore.parse_fitb(raw_fitb, str(fitb_path), refs, report.add))
             report.counts[f"{version}/{split} fitb"] = n
     return split_items
@@ -189,10 +197,17 @@ def _check_images(
 ) -> None:
     image_dir = root / polyvore.IMAGE_DIR
     try:
-        present = {e.name for e in os.scandir(image_dir)}
+        entries = list(os.scandir(image_dir))
     except OSError as e:
         report.add("missing_file", str(image_dir), f"image folder unreadable ({e.strerror})")
         return
+    present = {e.name for e in entries}
+    for entry in entries:  # every symlink, not only the decoded sample: the route serves bytes
+        if entry.is_symlink():
+            try:
+                confined(Path(entry.path))
+            except DatasetError as e:
+                report.add("unsafe_file", entry.path, str(e).split(": ", 1)[-1])
     missing = [i for i in item_ids if f"{i}.jpg" not in present]
     for i in missing:
         report.add("missing_image", str(image_dir / f"{i}.jpg"), f"no image for item {i}")
