@@ -31,6 +31,13 @@ import torch
 
 MODELS = ("hybrid-tiny", "image-only", "text-only", "sun2020-tiny")
 METRICS = ("compatibility_auc", "fitb_accuracy", "fitb_accuracy_compat", "recall_at_10")
+# description-conditioned retrieval (model.evaluate): the model, then the keyword baseline
+RETRIEVAL = tuple(
+    f"{who}_{q}_{what}"
+    for q in ("title", "short", "title_cat", "short_cat")
+    for who in ("retrieval", "keyword")
+    for what in ("recall_at_10", "in_category")
+)
 
 
 # ---------------------------------------------------------------- features
@@ -157,8 +164,10 @@ def summarise(runs: list[dict]) -> dict:
     out: dict = {}
     for (version, model), group in groups.items():
         row = {}
-        for metric in METRICS:
-            values = [r["test"][metric] for r in group]
+        for metric in METRICS + RETRIEVAL:
+            values = [r["test"][metric] for r in group if metric in r["test"]]
+            if not values:  # runs of an older benchmark without this metric
+                continue
             std = statistics.stdev(values) if len(values) > 1 else 0.0
             row[metric] = {"mean": statistics.fmean(values), "std": std, "n": len(values)}
         row["epoch_seconds"] = statistics.fmean(r["epoch_seconds"] for r in group)
@@ -178,6 +187,28 @@ def table(results: dict) -> tuple[list[str], list[list[str]]]:
             cells = [f"{row[m]['mean']:.3f} ± {row[m]['std']:.3f}" for m in METRICS]
             rows.append([version, model, *cells, common.fmt(row["epoch_seconds"]),
                          str(len(row["seeds"]))])  # fmt: skip
+    return cols, rows
+
+
+def retrieval_table(results: dict) -> tuple[list[str], list[list[str]]]:
+    """Retrieval from descriptions (no category / category given), model vs keyword search."""
+    cols = ["version", "model", "description", "category", "model recall@10",
+            "keyword recall@10", "model in category", "keyword in category"]  # fmt: skip
+    rows = []
+    for version, per_model in results["summary"].items():
+        for model, row in per_model.items():
+            if "retrieval_title_recall_at_10" not in row:
+                continue
+            for q in ("title", "short", "title_cat", "short_cat"):
+                stats = [
+                    row[f"{who}_{q}_{what}"]
+                    for what in ("recall_at_10", "in_category")
+                    for who in ("retrieval", "keyword")
+                ]
+                cells = [f"{m['mean']:.3f} ± {m['std']:.3f}" for m in stats]
+                rows.append([version, model, "full title" if q.startswith("title") else
+                             "noun + one word", "given" if q.endswith("_cat") else "none",
+                             *cells])  # fmt: skip
     return cols, rows
 
 

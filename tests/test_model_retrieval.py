@@ -113,7 +113,7 @@ def test_words_reach_items_targets_and_new_items(synth_dir):
 def test_the_description_decides_what_is_retrieved(synth_dir):
     """After a short training, a title finds its item across the whole catalog with no category
     given (far above the category prompt alone), and its category is inferred."""
-    from outfitter.model.evaluate import _holdouts, encode_catalog
+    from outfitter.model.evaluate import encode_catalog, holdouts
     from outfitter.model.train_local import fit
 
     torch.set_num_threads(1)
@@ -122,7 +122,7 @@ def test_the_description_decides_what_is_retrieved(synth_dir):
     result = fit(cfg, synth_dir, epochs=15, catalog=catalog)
     model, builder = result.model, result.builder
     test = load_split(synth_dir, "nondisjoint", "test", catalog)
-    held = _holdouts(test, 0)
+    held = holdouts(test, 0)
     vecs = encode_catalog(model, builder, catalog.item_ids)
     m = description_retrieval(model, builder, catalog, vecs, held)
     assert m["retrieval_title_in_category"] >= 0.9, m

@@ -87,7 +87,7 @@ def short_description(title: str, rng: np.random.Generator) -> str:
     return f"{words[int(rng.integers(len(words) - 1))]} {words[-1]}"
 
 
-def _holdouts(split: Split, seed: int) -> list[tuple[list[str], str]]:
+def holdouts(split: Split, seed: int) -> list[tuple[list[str], str]]:
     rng = np.random.default_rng(seed)
     out = []
     for outfit in split.outfits:
@@ -141,7 +141,7 @@ def evaluate(
         by_query = torch.einsum("qd,qcd->qc", query, vecs[answers.to(vecs.device)])
         result["fitb_accuracy"] = metrics.fitb_accuracy(by_query.float().cpu().numpy(), correct)
 
-    held = _holdouts(split, seed)
+    held = holdouts(split, seed)
     result["n_recall"] = len(held)
     result[f"recall_at_{recall_k}"] = float("nan")
     if held:

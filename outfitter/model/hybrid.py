@@ -35,18 +35,35 @@ def _mlp(d_in: int, hidden: int, d_out: int, dropout: float) -> nn.Sequential:
 
 
 class WordBag(nn.Module):
-    """Mean of learned embeddings of hashed word ids (`model.words.word_ids`); 0 = padding.
+    """Sum of learned embeddings of hashed word ids (`model.words.word_ids`) over sqrt(count).
 
-    Zero-initialised: a word never seen in training adds nothing to a text's vector.
+    Random unit-scale embeddings, so from the first step two texts' bags meet by the words they
+    share (the same words: inner product ~1; unrelated words: ~0), as a keyword search does;
+    training then learns which words count. 0 = padding.
     """
 
     def __init__(self, buckets: int, dim: int):
         super().__init__()
-        self.embedding = nn.EmbeddingBag(buckets, dim, mode="mean", padding_idx=0)
-        nn.init.zeros_(self.embedding.weight)
+        self.embedding = nn.Embedding(buckets, dim, padding_idx=0)
+        nn.init.normal_(self.embedding.weight, std=dim**-0.5)
+        with torch.no_grad():
+            self.embedding.weight[0].zero_()
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.embedding(ids)  # (N, L) -> (N, W)
+        emb = self.embedding(ids)  # (N, L, W)
+        count = (ids != 0).sum(dim=1, keepdim=True).clamp(min=1)  # (N, 1)
+        return emb.sum(dim=1) / count.to(emb.dtype).sqrt()  # (N, W)
+
+
+def _lexical(d_in: int, d_out: int, scale: float = 2.0) -> nn.Linear:
+    """The word bag into the item/query space: `scale` x identity at first (an exact match
+    dominates the inner product of a new model), trained from there."""
+    layer = nn.Linear(d_in, d_out, bias=False)
+    with torch.no_grad():
+        layer.weight.zero_()
+        n = min(d_in, d_out)
+        layer.weight[:n, :n] = scale * torch.eye(n)
+    return layer
 
 
 class ItemEncoder(nn.Module):
@@ -70,7 +87,7 @@ class ItemEncoder(nn.Module):
             self.gate = nn.Linear(2 * d_in, item.dim)
         self.uses_words = cfg.words.buckets > 0 and "text" in self.modalities
         if self.uses_words:  # the item text's word bag, added to the fused vector
-            self.words_proj = _mlp(cfg.words.dim, item.hidden, item.dim, item.dropout)
+            self.words_proj = _lexical(cfg.words.dim, item.dim)
 
     def forward(
         self,
@@ -130,7 +147,7 @@ class HybridModel(nn.Module):
             uses_words) else None  # fmt: skip
         use_words = self.word_bag is not None and tg.use_text
         self.target_words = nn.Linear(cfg.words.dim, dim) if use_words else None
-        self.query_words = nn.Linear(cfg.words.dim, dim) if use_words else None
+        self.query_words = _lexical(cfg.words.dim, dim) if use_words else None
         n_cat = len(CATEGORIES) + (1 if tg.infer_category else 0)  # + "unknown"
         self.category = nn.Embedding(n_cat, dim) if tg.use_category else None
         self.category_head = None
