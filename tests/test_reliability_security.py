@@ -30,10 +30,41 @@ SECRET = "s3cr3t-Pa55"
 
 # ---------------------------------------------------------------- deserialisation
 
-# Modules whose load functions run code from the bytes they read.
+# Modules whose load functions run code from the bytes they read (matched on the qualified name,
+# so `ray.cloudpickle` and `from ray import cloudpickle` are caught like `cloudpickle`).
 UNSAFE_MODULES = {"pickle", "cloudpickle", "dill", "joblib", "marshal", "shelve", "_pickle"}
 UNSAFE_BUILTINS = {"eval", "exec"}
 UNSAFE_METHODS = {"read_pickle", "unsafe_load", "full_load"}
+
+
+def _aliases(tree: ast.AST) -> dict[str, str]:
+    """Local name -> qualified name, from every import in the module (`import torch as T`,
+    `from torch import load as L`, `from ray import cloudpickle`)."""
+    names = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                top = a.name.split(".")[0]  # `import ray.cloudpickle` binds `ray`
+                names[a.asname or top] = a.name if a.asname else top
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            for a in node.names:
+                names[a.asname or a.name] = f"{node.module}.{a.name}"
+    return names
+
+
+def _qualified(func: ast.expr, aliases: dict[str, str]) -> str:
+    """`T.load` -> `torch.load`; `L` -> `torch.load`; a name no import bound stays as written."""
+    parts = []
+    while isinstance(func, ast.Attribute):
+        parts.append(func.attr)
+        func = func.value
+    if not isinstance(func, ast.Name):
+        return ast.unparse(func) + "".join(f".{p}" for p in reversed(parts))
+    return ".".join([aliases.get(func.id, func.id), *reversed(parts)])
+
+
+def _is_unsafe_module(qualified: str) -> bool:
+    return any(part in UNSAFE_MODULES for part in qualified.split("."))
 
 
 def unsafe_loads(source: str, filename: str = "<src>") -> list[str]:
@@ -43,34 +74,43 @@ def unsafe_loads(source: str, filename: str = "<src>") -> list[str]:
     def at(node, what):
         found.append(f"{filename}:{node.lineno}: {what}")
 
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, (ast.Import, ast.ImportFrom)):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module]
-            for name in names:
-                if name and name.split(".")[0] in UNSAFE_MODULES:
-                    at(node, f"imports {name}")
+    tree = ast.parse(source)
+    aliases = _aliases(tree)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                if _is_unsafe_module(a.name):
+                    at(node, f"imports {a.name}")
+        if isinstance(node, ast.ImportFrom) and node.module:
+            for a in node.names:
+                if _is_unsafe_module(f"{node.module}.{a.name}"):
+                    at(node, f"imports {a.name} from {node.module}")
         if not isinstance(node, ast.Call):
             continue
         func = node.func
-        name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
-        owner = ast.unparse(func.value) if isinstance(func, ast.Attribute) else ""
+        name = _qualified(func, aliases)
+        last = name.rsplit(".", 1)[-1]
         kwargs = {k.arg: k.value for k in node.keywords}
-        if (isinstance(func, ast.Name) and name in UNSAFE_BUILTINS) or (
-            isinstance(func, ast.Attribute) and name in UNSAFE_METHODS
+        if (isinstance(func, ast.Name) and func.id in UNSAFE_BUILTINS) or (
+            isinstance(func, ast.Attribute) and last in UNSAFE_METHODS
         ):
             at(node, f"calls {ast.unparse(func)}")
-        if owner == "torch" and name == "load":
+        if _is_unsafe_module(name.rsplit(".", 1)[0]) and "load" in last:
+            at(node, f"calls {name}")
+        if name == "torch.load":
             flag = kwargs.get("weights_only")
             if not (isinstance(flag, ast.Constant) and flag.value is True):
                 at(node, "torch.load without weights_only=True")
-        if owner in ("yaml",) and name == "load":
+        if name == "yaml.load":
             loader = kwargs.get("Loader")
             if loader is None or "Safe" not in ast.unparse(loader):
                 at(node, "yaml.load without a SafeLoader")
-        if name == "load" and owner in ("np", "numpy"):
+        if name == "numpy.load" or name == "np.load":
             flag = kwargs.get("allow_pickle")
             if flag is not None and not (isinstance(flag, ast.Constant) and flag.value is False):
                 at(node, "np.load with allow_pickle")
+        if name.startswith("mlflow.") and last == "load_model":
+            at(node, f"{name} (a logged model's loader runs its code)")
     return found
 
 
@@ -83,6 +123,34 @@ def test_the_scanner_catches_each_unsafe_form():
     assert len(unsafe_loads(planted)) == 8, unsafe_loads(planted)
     safe = "torch.load(f, weights_only=True)\nyaml.safe_load(s)\nnp.load(p)\nmodel.eval()\n"
     assert unsafe_loads(safe) == []
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "from torch import load\nload(f)\n",
+        "from torch import load as L\nL(f, weights_only=False)\n",
+        "import torch as T\nT.load(f)\n",
+        "import ray.cloudpickle\n",
+        "from ray import cloudpickle\n",
+        "import ray\nray.cloudpickle.loads(b)\n",
+        "import mlflow\nmlflow.pyfunc.load_model(uri)\n",
+        "from mlflow import pyfunc\npyfunc.load_model(uri)\n",
+        "from mlflow.pyfunc import load_model\nload_model(uri)\n",
+        "from yaml import load\nload(s)\n",
+        "import numpy\nnumpy.load(p, allow_pickle=True)\n",
+    ],
+)
+def test_the_scanner_sees_through_aliases(source):
+    assert unsafe_loads(source), source
+
+
+def test_the_scanner_leaves_safe_namesakes_alone():
+    safe = (
+        "from safetensors.torch import load_model\nload_model(m, p)\n"
+        "from torch import load\nload(f, weights_only=True)\nimport json\njson.loads(s)\n"
+    )
+    assert unsafe_loads(safe) == [], unsafe_loads(safe)
 
 
 def test_package_never_unpickles_or_evaluates_data():
