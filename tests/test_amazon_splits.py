@@ -3,9 +3,15 @@ format detection of dataset folders."""
 
 from __future__ import annotations
 
+import gzip
+import json
 import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from outfitter.data import DatasetError, detect_format, load_catalog, load_split
 from outfitter.data.amazon import read_amazon
@@ -104,3 +110,75 @@ def test_format_detection(amazon_dir, tmp_path, polyvore_mini):
     assert load_catalog(both, "polyvore").items == load_catalog(polyvore_mini).items
     with pytest.raises(ValueError, match="one of"):
         detect_format(both, "csv")
+
+
+# ---------------------------------------------------------------- fuzz: the split reader
+
+_ROOT = ["Clothing, Shoes & Jewelry", "Women"]
+_ASINS = [f"B{i:03d}" for i in range(12)]
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+_record = st.fixed_dictionaries(
+    {
+        "asin": st.sampled_from(_ASINS) | _json,
+        "categories": st.sampled_from(
+            [
+                [[*_ROOT, "Clothing", "Tops"]],
+                [[*_ROOT, "Shoes", "Boots"]],
+                [[*_ROOT, "Pants"]],
+                [[*_ROOT, "Handbags"]],
+                [["Costumes"]],
+            ]
+        )
+        | _json,  # fmt: skip
+    },
+    optional={
+        "title": st.text(max_size=20) | _json,
+        "related": st.fixed_dictionaries(
+            {},
+            optional={
+                "bought_together": st.lists(st.sampled_from(_ASINS), max_size=4) | _json,
+                "also_bought": st.lists(st.sampled_from(_ASINS), max_size=6),
+            },
+        )
+        | _json,
+    },
+)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(records=st.lists(_record, min_size=1, max_size=12), literal=st.booleans(), gz=st.booleans())
+def test_split_reader_loads_or_names_the_problem(tmp_path, records, literal, gz):
+    """Any small McAuley file: every split loads with its invariants, or one DatasetError."""
+    folder = Path(tempfile.mkdtemp(dir=tmp_path))  # one folder per example
+    text = "".join((repr(r) if literal else json.dumps(r)) + "\n" for r in records)
+    name = "meta_Clothing.json" + (".gz" if gz else "")
+    (folder / name).write_bytes(gzip.compress(text.encode()) if gz else text.encode())
+    try:
+        catalog = load_catalog(folder)
+        splits = {
+            (v, s): load_split(folder, v, s, catalog)
+            for v in ("nondisjoint", "disjoint")
+            for s in SPLITS
+        }
+    except DatasetError as e:
+        assert "\n" not in str(e) and str(folder) in str(e)
+        return
+    for split in splits.values():
+        outfits = {o.item_ids for o in split.outfits}
+        for q in split.compatibility:
+            assert all(i in catalog.items for i in q.item_ids)
+            assert q.label == 0 or q.item_ids in outfits
+        for q in split.fitb:  # the blank's answer is the pair's complement, among distinct items
+            assert (*q.question, q.answers[q.correct]) in outfits
+            assert len(set(q.answers)) == len(q.answers)
+    for v in ("nondisjoint", "disjoint"):
+        seen = [_key(o.item_ids) for s in SPLITS for o in splits[(v, s)].outfits]
+        assert len(seen) == len(set(seen))  # no pair in two splits
