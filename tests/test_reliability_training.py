@@ -262,3 +262,71 @@ def _mlflow_history(workdir: Path, run_id: str) -> list[dict]:
         return _history(run_id)
     finally:
         mlflow.set_tracking_uri(old)
+
+
+# ---------------------------------------------------------------- fault tests kill their own
+
+
+def own_processes(title: str, root: int | None = None) -> list[int]:
+    """Live processes whose command line starts with `title` and that descend from `root` (this
+    test process by default: the Ray it started, its raylet, the workers the raylet forked).
+
+    A fault test on a shared machine must kill its own Ray's worker, never another user's
+    `ray::RayTrainWorker` found by title alone.
+    """
+    root = root or os.getpid()
+    parents, titles = {}, {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "(comm)": state, ppid
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except (OSError, IndexError):  # ended while we looked
+            continue
+        pid = int(stat.parent.name)
+        parents[pid] = int(fields[1])
+        titles[pid] = cmdline.replace(b"\0", b" ").decode(errors="replace")
+
+    def descends(pid: int) -> bool:
+        seen = set()
+        while pid > 1 and pid not in seen:
+            if pid == root:
+                return True
+            seen.add(pid)
+            pid = parents.get(pid, 0)
+        return False
+
+    return sorted(p for p, t in titles.items() if t.startswith(title) and p != root and descends(p))
+
+
+def _by_title(title: str) -> list[int]:
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            if cmdline.read_bytes().startswith(title.encode()):
+                pids.append(int(cmdline.parent.name))
+    return pids
+
+
+def test_a_fault_test_finds_only_the_workers_it_started(tmp_path):
+    """Two processes titled like Train workers: one a child of this test, one detached (another
+    user's, as far as this test can tell). Only the first is ours to kill."""
+    title = "ray::RayTrainWorker"
+    own = subprocess.Popen(["bash", "-c", f"exec -a {title}-own sleep 120"])
+    pidfile = tmp_path / "foreign.pid"
+    subprocess.run(  # double fork + new session: reparented away from this process tree
+        ["setsid", "bash", "-c", f"(exec -a {title}-foreign sleep 120) & echo $! > {pidfile}"],
+        check=True,
+    )
+    foreign = int(pidfile.read_text())
+    try:
+        deadline = time.monotonic() + 10
+        while own.pid not in own_processes(title) and time.monotonic() < deadline:
+            time.sleep(0.05)  # the exec has not happened yet
+        found = own_processes(title)
+        assert own.pid in found and foreign not in found, (own.pid, foreign, found)
+        assert foreign in _by_title(title)  # what a title-only scan (the old helper) kills
+    finally:
+        own.kill()
+        own.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(foreign, signal.SIGKILL)  # started by this test, so ours to end
