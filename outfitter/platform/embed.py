@@ -49,6 +49,9 @@ def tower_stamp(clip_cfg: ClipCfg) -> str:
             for chunk in iter(lambda: f.read(1 << 22), b""):
                 digest.update(chunk)
         parts["file"] = digest.hexdigest()
+        # the content names the weights; the path does not (a checkpoint's towers.safetensors
+        # holding the weights a run embedded with reuses that run's features)
+        parts["pretrained"] = "file"
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
