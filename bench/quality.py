@@ -11,6 +11,7 @@ a long run is cut off). The summary gives mean ± std over seeds.
     .venv/bin/python bench/quality.py --models hybrid-tiny,image-only,text-only \
         --out bench/results/tmp/quality-hybrid.json    # one part on each core, then:
     .venv/bin/python bench/quality.py --merge A.json B.json --out bench/results/quality.json
+    nice -n 10 .venv/bin/python bench/quality.py --amazon   # Sun et al. ablation, Amazon pairs
 
 `--features linear` is a diagnostic: the hybrid configs read hand-made features instead of the
 towers' (bag of words of `Item.text` and 16 px pixels, each randomly projected to 64-d), which
@@ -27,6 +28,7 @@ import time
 from pathlib import Path
 
 import common
+import quality_amazon
 import torch
 
 MODELS = ("hybrid-tiny", "image-only", "text-only", "sun2020-tiny")
@@ -259,7 +261,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--verbose", action="store_true", help="print every epoch")
     parser.add_argument("--merge", type=Path, nargs="+", help="merge these result files to --out")
+    quality_amazon.add_arguments(parser)
     args = parser.parse_args()
+    if args.amazon:  # the Sun et al. ablation on Amazon co-purchase pairs (quality_amazon.py)
+        quality_amazon.main(args)
+        return
     if args.merge:
         results = merge(args.merge, args.out)
         print(common.markdown_table(*table(results)))
