@@ -4,7 +4,8 @@ Side by side in one run on 127.0.0.1, each target measured in fixed time windows
 seconds after a warm-up) at concurrency 1 and 32 on /v1/compatibility and /v1/retrieve:
 
 - `serve`: the application of serve_configs/local.yaml (one fused replica type, in-replica
-  `@serve.batch`), held at `--replicas` replicas for the windows;
+  `@serve.batch`) behind Serve's HAProxy ingress, as `outfitter serve` starts it
+  (`launch.SERVE_ENV`), held at `--replicas` replicas for the windows;
 - `uvicorn-1`: the same FastAPI app in one uvicorn process, model in-process, no batching;
 - `uvicorn-N`: `uvicorn --workers N`, N = Serve's replicas;
 - `bare`: the model's batched forward without HTTP (outfits/s, queries/s): the limit.
@@ -42,6 +43,7 @@ import typer
 ROOT = Path(__file__).resolve().parent.parent
 LEVELS = (1, 32)
 ENDPOINTS = ("/v1/compatibility", "/v1/retrieve")
+LISTENING: dict[str, list[str]] = {}  # sockets Serve opened, per variant (loopback only?)
 APP = "outfitter"
 # Ray Serve's per-replica loop/thread flags as serve_configs/local.yaml sets them (adopted), and
 # Ray's defaults; HAProxy is a cluster-wide switch read when Serve starts.
@@ -341,11 +343,21 @@ def run_serve(
     port = common_free_port()
     if haproxy:
         os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
+    before = listening()
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     try:
         launch.deploy(serve_config(model, data, port, args["replicas"], env, access_log))
         base = f"http://127.0.0.1:{port}"
         _wait_healthy(base)
+        # Serve's own HTTP sockets: the proxy (or HAProxy) port and the replicas' direct-ingress
+        # ports (30000-31000); Ray's internal ports (GCS, raylet, ...) are not Serve's to choose.
+        opened = sorted(
+            a
+            for a in listening() - before
+            if int(a.rsplit(":", 1)[1]) == port or 30000 <= int(a.rsplit(":", 1)[1]) <= 31000
+        )
+        LISTENING[f"haproxy={haproxy}"] = opened
+        print(f"  listening after deploy: {opened}", flush=True)
         groups = process_groups("serve", [os.getpid()])
         if haproxy:
             groups["proxy"] = groups.get("proxy", []) + _haproxy_pids()
@@ -354,6 +366,19 @@ def run_serve(
         serve.shutdown()
         ray.shutdown()
         os.environ.pop("RAY_SERVE_ENABLE_HA_PROXY", None)
+
+
+def listening() -> set[str]:
+    """`address:port` of every listening TCP socket on the machine (from /proc/net/tcp)."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            host, port = local.split(":")
+            if state == "0A":  # LISTEN
+                addr = {"0100007F": "127.0.0.1", "00000000": "0.0.0.0"}.get(host, host)
+                found.add(f"{addr}:{int(port, 16)}")
+    return found
 
 
 def _haproxy_pids() -> list[int]:
@@ -460,6 +485,7 @@ def run_burst(model, data, bodies, phases) -> dict:
     from outfitter.platform.serving import launch
 
     port = common_free_port()
+    os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"  # as `outfitter serve`
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     try:
         config = serve_config(model, data, port, None, ADOPTED)
@@ -488,6 +514,7 @@ def run_burst(model, data, bodies, phases) -> dict:
     finally:
         serve.shutdown()
         ray.shutdown()
+        os.environ.pop("RAY_SERVE_ENABLE_HA_PROXY", None)
 
 
 # ---------------------------------------------------------------- main
@@ -527,11 +554,12 @@ def main(
         print("bare model ...", flush=True)
         results["bare_model"] = bare_model(model, data, bodies)
         print(f"serve ({replicas} replicas) ...", flush=True)
-        targets["serve"] = run_serve(model, data, bodies, args, ADOPTED)
+        targets["serve"] = run_serve(model, data, bodies, args, ADOPTED, haproxy=True)
         for workers in (1, replicas):
             print(f"uvicorn --workers {workers} ...", flush=True)
             targets[f"uvicorn-{workers}"] = run_uvicorn(model, data, bodies, args, workers)
     results["targets"] = targets
+    results["listening"] = LISTENING
     if "bare_model" in results:
         _add_ratios(results)
     results["done_when"] = done_when(results)

@@ -480,6 +480,7 @@ def serve(
         if not blocking and not address:
             _fail("--detach needs a running Ray cluster (`ray start --head`, then --address auto)")
         if not ray.is_initialized():
+            launch.apply_serve_env()  # HAProxy ingress, where this starts the Ray instance
             ray.init(address=address, namespace="serve", include_dashboard=False)
         names = launch.deploy(prepared)
     except (launch.ServeConfigError, RuntimeError, TimeoutError, *_user_errors()) as err:

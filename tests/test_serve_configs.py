@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -124,3 +125,21 @@ def test_bad_config_files_are_refused(tmp_path):
         launch.load_serve_config(bad)
     with pytest.raises(launch.ServeConfigError, match="does not exist"):
         launch.load_serve_config(tmp_path / "missing.yaml")
+
+
+def test_haproxy_ingress_is_on_where_serve_starts(monkeypatch):
+    """`outfitter serve` and the demo start Ray with HAProxy on unless the user chose; the
+    RayService sets it on every node."""
+    monkeypatch.delenv("RAY_SERVE_ENABLE_HA_PROXY", raising=False)
+    launch.apply_serve_env()
+    assert os.environ["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+    monkeypatch.setenv("RAY_SERVE_ENABLE_HA_PROXY", "0")
+    launch.apply_serve_env()
+    assert os.environ["RAY_SERVE_ENABLE_HA_PROXY"] == "0"  # an explicit choice is kept
+    manifest = yaml.safe_load((CONFIGS / "rayservice.yaml").read_text())
+    cluster = manifest["spec"]["rayClusterConfig"]
+    groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+    for group in groups:
+        for container in group["template"]["spec"]["containers"]:
+            env = {e["name"]: e["value"] for e in container["env"]}
+            assert env.get("RAY_SERVE_ENABLE_HA_PROXY") == "1", container["name"]

@@ -94,6 +94,9 @@ def run_demo(
         f"(chance {clip_result['chance_r1']:.4f})"
     )
     if not ray.is_initialized():
+        from outfitter.platform.serving.launch import apply_serve_env
+
+        apply_serve_env()  # Serve's HAProxy ingress (read when Ray starts)
         ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, log_to_driver=False)
     overrides = {"clip.pretrained": str(towers)}
     embedded = stages.run("3. Ray Data embedding", _embed, data, overrides)
