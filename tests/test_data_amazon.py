@@ -119,3 +119,32 @@ def test_malformed_line_and_no_literal_eval_of_code(tmp_path):
 def test_no_metadata_file(tmp_path):
     with pytest.raises(DatasetError, match="found no metadata files"):
         read_amazon(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"related": ["B002"]}, "`related` must be an object"),
+        ({"related": {"also_bought": "B002"}}, "`related.also_bought` must be a list of asins"),
+        ({"related": {"bought_together": [1, 2]}}, "`related.bought_together` must be a list"),
+        ({"asin": 12}, "`asin`"),
+        ({"title": {"en": "x"}}, "`title` must be text"),
+    ],
+)
+def test_wrong_field_types_name_file_and_line(tmp_path, change, message):
+    records = [RECORDS[1], {**RECORDS[0], **change}]
+    (tmp_path / "meta.json").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    with pytest.raises(DatasetError, match=r"meta\.json:2: ") as err:
+        read_amazon(tmp_path)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_cut_gzip_and_unhashable_literal(tmp_path):
+    blob = gzip.compress("\n".join(json.dumps(r) for r in RECORDS).encode())
+    (tmp_path / "meta.json.gz").write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(DatasetError, match=r"meta\.json\.gz: cannot read .*truncated or corrupt"):
+        read_amazon(tmp_path)
+    (tmp_path / "meta.json.gz").unlink()
+    (tmp_path / "meta.json").write_text("{'asin': 'B1', {'a'}: 1}\n")  # a set as a dict key
+    with pytest.raises(DatasetError, match=r"meta\.json:1: neither JSON nor a Python literal"):
+        read_amazon(tmp_path)
