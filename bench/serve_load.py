@@ -530,7 +530,7 @@ def main(
     replicas: int = typer.Option(2, help="Serve replicas (and uvicorn workers) in the windows."),
     flags: bool = typer.Option(False, "--flags", help="Compare Ray Serve's fast paths instead."),
     burst: bool = typer.Option(True, "--burst/--no-burst", help="Record an autoscaling burst."),
-    burst_s: str = typer.Option("10,40,45", help="Seconds at c=1, at c=32, back at c=1."),
+    burst_s: str = typer.Option("10,60,50", help="Seconds at c=1, at c=32, back at c=1."),
 ) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="outfitter-serve-bench-"))
     if model is None or data is None:
