@@ -122,6 +122,58 @@ SECTIONS: list[tuple[tuple[str, ...], Callable[[dict], str]]] = [
 ]
 
 
+# ---------------------------------------------------------------- on a GPU (bench/gpu_check.sh)
+
+
+def serving_gpu(results: dict) -> str:
+    """bench/serve_gpu.py's JSON: the same Serve app with replicas on the GPU and on the CPU."""
+    import serve_load
+
+    a = results["args"]
+    note = (
+        f"serve_configs/local.yaml, {a['replicas']} replicas, `device: auto` with "
+        f"{a['gpu_per_replica']:g} GPU each vs `device: cpu`; windows of {a['window']:g} s after "
+        f"{a['warmup']:g} s of warm-up, same requests and columns as the CPU serving table."
+    )
+    return _section("Serving with `device: auto`", results, *serve_load.table(results), [note])
+
+
+# The result files bench/gpu_check.sh writes, in the order they are rendered.
+GPU_FILES: dict[str, Callable[[dict], str]] = {
+    "train_throughput-gpu.json": training,
+    "embed_throughput-gpu.json": embedding,
+    "serve_load-gpu.json": serving_gpu,
+    "index-gpu.json": index,
+    "index_cpu-gpu.json": index,
+}
+
+
+def _device_title(section: str, results: dict) -> str:
+    """A section's title with the device its figures were measured on."""
+    machine = results.get("machine", {})
+    if machine.get("device") == "cuda":
+        where = f"on GPU: {machine.get('device_name', '?')} x {machine.get('gpus', 1)}"
+    else:
+        where = f"on the CPUs of the GPU host ({machine.get('cpus', '?')} CPUs)"
+    title, rest = section.split("\n", 1)
+    return f"{title}, {where}\n{rest}"
+
+
+def gpu_sections(results_dir: Path) -> list[str]:
+    """The `*-gpu.json` sections, or one line saying none were measured yet."""
+    parts = []
+    for name, section in GPU_FILES.items():
+        results = _load(results_dir / name)
+        if results is not None:
+            parts.append(_device_title(section(results), results))
+    if not parts:
+        return [
+            "### On a GPU\n\nNo GPU figures yet: no GPU machine has run the device check. "
+            "`bash bench/gpu_check.sh` on one writes `bench/results/*-gpu.json` (rendered here)."
+        ]
+    return ["### On a GPU\n\nMeasured by `bash bench/gpu_check.sh`.", *parts]
+
+
 def render(results_dir: Path) -> str:
     """The markdown of every result file present in `results_dir`."""
     parts = [
@@ -134,6 +186,7 @@ def render(results_dir: Path) -> str:
             if results is not None:
                 parts.append(section(results))
                 break
+    parts += gpu_sections(results_dir)
     return "\n\n".join(parts)
 
 
