@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import zlib
 from collections.abc import Sequence
+from functools import lru_cache
 
 import torch
 
@@ -23,13 +24,16 @@ def words(text: str) -> list[str]:
     return _WORD.findall(text.lower())
 
 
+@lru_cache(maxsize=1 << 18)  # catalog texts repeat every batch and epoch
+def _ids(text: str, buckets: int) -> tuple[int, ...]:
+    return tuple(1 + zlib.crc32(w.encode()) % (buckets - 1) for w in words(text)[:MAX_WORDS])
+
+
 def word_ids(texts: Sequence[str], buckets: int) -> torch.Tensor:
     """Word ids (N, L) of `texts`, zero-padded; L >= 1 even when every text is empty."""
     if buckets < 2:
         raise ValueError(f"buckets={buckets}: a word bag needs >= 2 buckets (0 is padding)")
-    rows = [
-        [1 + zlib.crc32(w.encode()) % (buckets - 1) for w in words(t)[:MAX_WORDS]] for t in texts
-    ]
+    rows = [_ids(t, buckets) for t in texts]
     out = torch.zeros(len(rows), max([1] + [len(r) for r in rows]), dtype=torch.long)
     for i, r in enumerate(rows):
         out[i, : len(r)] = torch.tensor(r, dtype=torch.long)
