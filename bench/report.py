@@ -76,6 +76,7 @@ def quality_amazon(results: dict) -> str:
         "false` (one margin for every pair); image-/text-only: `item.modalities` (the other "
         "branch fused as zeros). hybrid-tiny scores a pair as a two-item outfit, on frozen "
         "tiny CLIP towers at random init (no pre-trained weights here) and its word bag. "
+        "s/run: wall seconds of training on this shared machine (load in the header). "
         f"Command: `{amazon_bench.COMMAND}`."
     )
     cols, rows = amazon_bench.table(results)
