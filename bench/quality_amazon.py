@@ -45,7 +45,7 @@ def add_arguments(parser) -> None:
     group = parser.add_argument_group("Amazon ablation (--amazon)")
     group.add_argument("--amazon", action="store_true", help="run the Sun et al. ablation")
     group.add_argument("--amazon-outfits", type=int, default=60, help="synthetic catalog size")
-    group.add_argument("--amazon-epochs", type=int, default=3, help="sun2020 epochs per run")
+    group.add_argument("--amazon-epochs", type=int, default=8, help="epochs per run")
     group.add_argument("--amazon-out", type=Path, default=common.RESULTS / "quality_amazon.json")
 
 
