@@ -111,15 +111,98 @@ def embedding(results: dict) -> str:
 
 
 def serving(results: dict) -> str:
-    """bench/serve_load.py's JSON (its own format)."""
+    """bench/serve_load.py's JSON, its acceptance checks, and the burst plot if recorded."""
     import serve_load
 
+    a = results["args"]
     bare = ", ".join(f"{k} {v:,.0f}" for k, v in results.get("bare_model", {}).items())
-    note = (
-        f"{results.get('requests_per_level', '?')} requests per level on 127.0.0.1. "
-        f"`÷ bare` = req/s / the bare model's batch-32 rate of the same work (per second: {bare})."
+    work = results.get("work_per_request", {})
+    notes = [
+        f"Fixed windows of {a['window']:g} s per level after {a['warmup']:g} s of warm-up, "
+        f"127.0.0.1; `serve` held at {a['replicas']} replicas of 1 CPU, `uvicorn-N` = "
+        f"`uvicorn --workers N`. `÷ bare` = model inputs served per second (a compatibility "
+        f"request scores {work.get('/v1/compatibility', 0):.1f} outfits on average) / the bare "
+        f"model's batch-32 rate ({bare}). CPU = core-seconds per second of each process group "
+        "and of the load generator (the machine has 2 cores: the generator takes a share of "
+        "them). `load` = the 1-minute load average at the end of the window (other jobs).",
+        _done_when(results.get("done_when") or {}),
+        _burst(),
+        _flags(),
+    ]
+    notes = ["\n\n".join(n for n in notes if n)]  # paragraphs, not one run-on line
+    return _section("Serving load", results, *serve_load.table(results), notes)
+
+
+def _done_when(checks: dict) -> str:
+    if not checks:
+        return ""
+    c = checks
+    return (
+        "Serve against one uvicorn process in this run (issue 15's targets in brackets): "
+        f"`/v1/compatibility` at c=32 {c['compat_c32_serve_over_uvicorn']:.2f}× its req/s (≥ 1.0) "
+        f"with p99/p50 {c['compat_c32_serve_p99_over_p50']:.2f} (≤ 2); at c=1 p50 "
+        f"{c['compat_c1_serve_p50_over_uvicorn']:.2f}× its p50 (≤ 2); `/v1/retrieve` at c=32 "
+        f"{c['retrieve_c32_serve_over_uvicorn']:.2f}× its req/s (≥ 0.8)."
     )
-    return _section("Serving load", results, *serve_load.table(results), [note])
+
+
+def _burst() -> str:
+    """The autoscaling burst of serve_load_burst.json as a plot (written next to it)."""
+    results = _load(common.RESULTS / "serve_load_burst.json")
+    if results is None:
+        return ""
+    png = common.RESULTS / "serve_load_burst.png"
+    plot_burst(results, png)
+    phases = ", ".join(f"{p['seconds']:g} s at c={p['concurrency']}" for p in results["phases"])
+    scaling = results.get("autoscaling_config") or {}
+    return (
+        f"Autoscaling burst ({common.describe(results)}): {phases} on `/v1/compatibility`, "
+        f"autoscaling {scaling.get('min_replicas')}..{scaling.get('max_replicas')} replicas "
+        f"(target {scaling.get('target_ongoing_requests')} ongoing, upscale delay "
+        f"{scaling.get('upscale_delay_s')} s, downscale delay {scaling.get('downscale_delay_s')} "
+        f"s): replicas up to {results['max_replicas_seen']}, {results['final_replicas']} at the "
+        f"end; {results['ok']:,} answers, {results['failed']} failed, model versions "
+        f"{sorted(results['versions'])}.\n\n![replicas and req/s during the burst]"
+        f"(bench/results/{png.name})"
+    )
+
+
+def plot_burst(results: dict, png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    samples = results["samples"]
+    t = [s["t"] for s in samples]
+    fig, ax = plt.subplots(figsize=(8, 3.2), dpi=100)
+    ax.plot(t, [s["rps"] for s in samples], color="tab:blue", label="req/s (answered)")
+    ax.set_xlabel("seconds")
+    ax.set_ylabel("req/s", color="tab:blue")
+    ax2 = ax.twinx()
+    ax2.step(t, [s["replicas"] for s in samples], where="post", color="tab:red", label="replicas")
+    ax2.step(t, [s["concurrency"] for s in samples], where="post", color="tab:gray",
+             linestyle=":", label="clients")  # fmt: skip
+    ax2.set_ylabel("replicas (red), clients (dotted)")
+    ax2.set_yscale("symlog", linthresh=2)
+    ax.set_title("Autoscaling burst: serve_configs/local.yaml, 2-CPU machine")
+    fig.tight_layout()
+    fig.savefig(png)
+    plt.close(fig)
+
+
+def _flags() -> str:
+    """serve_load_flags.json: Ray Serve's lower-overhead paths, measured."""
+    import serve_load
+
+    results = _load(common.RESULTS / "serve_load_flags.json")
+    if results is None:
+        return ""
+    cols, rows = serve_load.table(results)
+    return (
+        f"Ray Serve's lower-overhead paths, same windows ({common.describe(results)}; "
+        "`bench/serve_load.py --flags --no-burst`):\n\n" + common.markdown_table(cols, rows)
+    )
 
 
 def index(results: dict) -> str:
