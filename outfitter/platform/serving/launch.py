@@ -23,9 +23,10 @@ log = logging.getLogger(__name__)
 BUILDER = "outfitter.platform.serving.deployments:build_app"
 # Serve settings read by the Ray instance when Serve starts on it (not per application). HAProxy
 # forwards HTTP straight to each replica's own HTTP server instead of through Ray's Python proxy
-# and an actor call: on this 2-CPU machine /v1/compatibility at c=32 went from 63 to 475 req/s
-# (bench/results/serve_load_flags.json). Its frontend and the replicas' ports still bind the
-# `http_options.host` of the config (127.0.0.1 in local.yaml, measured there too).
+# and an actor call: on this 2-CPU machine /v1/compatibility at c=32 went from 147 to 564 req/s
+# and its p50 at c=1 from 14.6 to 5.3 ms (bench/results/serve_load_flags.json). Its frontend
+# and the replicas' ports still bind the `http_options.host` of the config (127.0.0.1 in
+# local.yaml: HAProxy's port and the replicas' 30000 and 30001, measured there too).
 SERVE_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1"}
 
 
