@@ -5,7 +5,8 @@ test sees it act within seconds (target 2 ongoing requests, upscale after 1 s, d
 5 s). A burst of 16 clients must take it from 1 replica to 2 and, once the burst ends, back to 1,
 with no failed request and one model version in every answer. Then an overload of 160 clients
 (several times what the two replicas admit) for 60 s must be answered only with 200 or a fast
-503 (Retry-After), and the replicas' memory must stay flat.
+503 (Retry-After, a body naming the limit: the replica's JSON, or Ray's text for the proxy's
+bounded queue), and the replicas' memory must stay flat.
 """
 
 from __future__ import annotations
@@ -192,5 +193,8 @@ def test_overload_is_answered_with_fast_503s_and_flat_memory(autoscaled, capsys)
     assert set(codes) <= {200, 503}, codes
     assert codes[200] > 100 and codes[503] > 100, codes  # it served, and it shed load
     assert set(out["retry_after"]) == {"1"}, out["retry_after"]
-    assert json_503 > 0, out["bodies"][:3]
+    assert json_503 > 0, out["bodies"][:3]  # the replica's own bound: a JSON body
+    # ...and every refusal names its limit: the replica's, or the proxy's bounded queue (Ray's
+    # own text answer: "Request dropped due to backpressure (..., max_queued_requests=32).")
+    assert all("max_in_flight" in b or "max_queued_requests=" in b for b in out["bodies"])
     assert growth and max(growth.values()) < 50, growth
