@@ -109,8 +109,8 @@ class AdmissionMiddleware:
         if self.in_flight >= self.max_in_flight:
             rule = f"{self.in_flight} requests in flight; the limit is {self.max_in_flight}"
             headers = {"Retry-After": str(self.retry_after_s)}
-            answer = _error(503, f"overloaded: {rule}; retry later", [{"field": "request",
-                            "rule": f"max_in_flight: {rule}"}], headers=headers)  # fmt: skip
+            errors = [{"field": "request", "rule": f"max_in_flight: {rule}"}]
+            answer = _error(503, f"overloaded: {rule}; retry later", errors, headers=headers)
             return await answer(scope, receive, send)
         self.in_flight += 1
         try:
