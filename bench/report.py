@@ -59,7 +59,20 @@ def quality(results: dict) -> str:
         "compatibility score of each completed outfit; recall@10 of the held-out item among "
         "all catalog items of its category. s/epoch on one CPU thread."
     )
-    return _section("Quality (synthetic catalog)", results, *quality_bench.table(results), [note])
+    out = _section("Quality (synthetic catalog)", results, *quality_bench.table(results), [note])
+    cols, rows = quality_bench.retrieval_table(results)
+    if rows:
+        out += "\n\n" + "\n".join([
+            "Retrieval from descriptions, same runs: one item hidden from each test outfit and "
+            "asked for by its own title, or by its last word (the noun) and one other word "
+            "(\"leather boots\"), with no category (inferred by the model) or the category given; "
+            "recall@10 of the hidden item over the whole catalog and the share of the top 10 in "
+            "its category, beside a TF-IDF keyword search over titles on the same queries "
+            "(`model.keyword`, the outfit ignored).",
+            "",
+            common.markdown_table(cols, rows),
+        ])  # fmt: skip
+    return out
 
 
 def quality_amazon(results: dict) -> str:
@@ -82,6 +95,24 @@ def quality_amazon(results: dict) -> str:
     cols, rows = amazon_bench.table(results)
     return _section("Sun et al. 2020 ablation (synthetic Amazon co-purchase)", results, cols,
                     rows, [note])  # fmt: skip
+
+
+def retrieval(results: dict) -> str:
+    """bench/retrieval.py's JSON: retrieval from descriptions through `/v1/retrieve`."""
+    import retrieval as retrieval_bench
+
+    t, a = results["test"], results["args"]
+    note = (
+        f"{results['data_note']}, a seed no other benchmark or test uses; hybrid-tiny "
+        f"{a['epochs']} epochs on towers pre-trained {a['pretrain_epochs']} epochs, loaded as a "
+        "Serve replica loads it and asked through the serving app's `/v1/retrieve` "
+        f"({t['n_recall']} test outfits, one item hidden each, k = 10, whole catalog). Keyword: "
+        "TF-IDF over titles, same queries. Same model on the test split: compatibility AUC "
+        f"{t['compatibility_auc']:.3f}, FITB (query) {t['fitb_accuracy']:.3f}, FITB (compat) "
+        f"{t['fitb_accuracy_compat']:.3f}. Command: `{retrieval_bench.COMMAND}`."
+    )
+    cols, rows = retrieval_bench.table(results)
+    return _section("Retrieval from descriptions, through the API", results, cols, rows, [note])
 
 
 def training(results: dict) -> str:
@@ -221,6 +252,7 @@ def index(results: dict) -> str:
 SECTIONS: list[tuple[tuple[str, ...], Callable[[dict], str]]] = [
     (("quality.json",), quality),
     (("quality_amazon.json",), quality_amazon),
+    (("retrieval.json",), retrieval),
     (("train_throughput.json",), training),
     (("embed_throughput.json",), embedding),
     (("serve_load.json",), serving),

@@ -1,8 +1,7 @@
 """Description-conditioned retrieval: hashed words, the target plan, the keyword baseline, metrics.
 
-The behavioural test trains hybrid-tiny briefly on the small synthetic catalog and checks that the
-description decides what is retrieved: its category is inferred, and the described item is found
-far more often than by the same model asked with an unrelated description.
+The behavioural test (the description decides what is retrieved) reads the model trained once in
+tests/test_model_training.py.
 """
 
 from __future__ import annotations
@@ -11,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from outfitter.data import load_catalog, load_split
+from outfitter.data import load_catalog
 from outfitter.data.types import CATEGORIES
 from outfitter.model import load_config
-from outfitter.model.evaluate import description_retrieval, short_description
+from outfitter.model.evaluate import short_description
 from outfitter.model.factory import build_model
 from outfitter.model.inputs import UNKNOWN_CATEGORY, InputBuilder
 from outfitter.model.keyword import KeywordSearch
@@ -107,29 +106,3 @@ def test_words_reach_items_targets_and_new_items(synth_dir):
     text = builder.encode_texts(["black leather boots"])
     assert set(text) == {"text_feat", "words"}
     assert model.category_logits(text).shape == (1, len(CATEGORIES))
-
-
-@pytest.mark.slow
-def test_the_description_decides_what_is_retrieved(synth_dir):
-    """After a short training, a title finds its item across the whole catalog with no category
-    given (far above the category prompt alone), and its category is inferred."""
-    from outfitter.model.evaluate import encode_catalog, holdouts
-    from outfitter.model.train_local import fit
-
-    torch.set_num_threads(1)
-    catalog = load_catalog(synth_dir)
-    cfg = load_config("hybrid-tiny", {"optim.batch_size": 16})
-    result = fit(cfg, synth_dir, epochs=15, catalog=catalog)
-    model, builder = result.model, result.builder
-    test = load_split(synth_dir, "nondisjoint", "test", catalog)
-    held = holdouts(test, 0)
-    vecs = encode_catalog(model, builder, catalog.item_ids)
-    m = description_retrieval(model, builder, catalog, vecs, held)
-    assert m["retrieval_title_in_category"] >= 0.9, m
-    assert m["retrieval_title_recall_at_10"] >= 0.5, m
-    assert m["retrieval_short_recall_at_10"] >= 0.25, m
-    titles = [catalog.items[t].title for _, t in held]
-    with torch.no_grad():
-        probs = model.category_logits(builder.encode_texts(titles)).softmax(-1)
-    truth = torch.tensor([catalog.items[t].category_index for _, t in held])
-    assert (probs.argmax(-1) == truth).float().mean() >= 0.9

@@ -103,6 +103,26 @@ def test_retrieval_ranks_true_item_above_random_same_category_items(hybrid, synt
     assert by_prompt >= 0.55, f"true item above {by_prompt:.2f} of same-category items (prompt)"
 
 
+def test_the_description_decides_what_is_retrieved(hybrid, synth_dir, catalog):
+    """A test item's own title finds it across the whole catalog with no category given, a
+    short description ("leather boots") still does far more often than the category prompt
+    alone, and the category of a description is inferred."""
+    from outfitter.model.evaluate import description_retrieval, holdouts
+
+    model, builder = hybrid.model, hybrid.builder
+    held = holdouts(load_split(synth_dir, "nondisjoint", "test", catalog), 0)
+    vecs = encode_catalog(model, builder, catalog.item_ids)
+    m = description_retrieval(model, builder, catalog, vecs, held)
+    assert m["retrieval_title_in_category"] >= 0.9, m
+    assert m["retrieval_title_recall_at_10"] >= 0.8, m
+    assert m["retrieval_short_recall_at_10"] >= 0.5, m
+    titles = [catalog.items[t].title for _, t in held]
+    with torch.no_grad():
+        probs = model.category_logits(builder.encode_texts(titles)).softmax(-1)
+    truth = torch.tensor([catalog.items[t].category_index for _, t in held])
+    assert (probs.argmax(-1) == truth).float().mean() >= 0.9
+
+
 def test_evaluate_reports_every_metric(hybrid, synth_dir, catalog):
     split = load_split(synth_dir, "nondisjoint", "test", catalog)
     result = evaluate(hybrid.model, hybrid.builder, split, catalog)
