@@ -172,8 +172,8 @@ def picture(data: Path, responses: dict, out: Path) -> Path:
         ),
         (
             [r["item_id"] for r in retrieved],
-            f'retrieved for "{typed_description(wanted.title)}" typed with no category '
-            f"({inferred}; searched {searched}); the blank is {wanted.title!r}",
+            f'retrieved for "{typed_description(wanted.title)}", typed with no category '
+            f"({inferred}; searched {searched})",
             {right: "green"},
             {r["item_id"]: f"{r['score']:.2f}" for r in retrieved},
         ),
