@@ -18,6 +18,9 @@ from pathlib import Path
 import pytest
 
 from outfitter.data import load_catalog
+from outfitter.data import polyvore as P
+
+SECRET = b"not-an-image: the secret of another tenant"
 
 
 class _StubBackend:
@@ -109,3 +112,17 @@ def test_raw_traversal_probes_reach_the_image_route_and_are_refused(catalog_dir)
         real = catalog.item_ids[0]
         status, body = server.raw(f"/v1/items/{real}/image")
         assert status == 200 and body[:2] == b"\xff\xd8"  # a JPEG: the route does serve files
+
+
+def test_an_image_symlinked_out_of_the_catalog_is_not_served(catalog_dir, tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(SECRET)
+    victim = sorted((catalog_dir / P.IMAGE_DIR).iterdir())[0]
+    victim.unlink()
+    victim.symlink_to(secret)
+    seen: list[str] = []
+    app, _ = _app(catalog_dir, seen)
+    with Server(app) as server:
+        status, body = server.raw(f"/v1/items/{victim.stem}/image")
+    assert seen == [victim.stem]
+    assert SECRET not in body and status == 404, (status, body[:200])

@@ -17,23 +17,23 @@ from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
+from outfitter.platform.serving import security
 from outfitter.platform.serving.errors import ModelUnavailable, ServingError
 from outfitter.platform.serving.schemas import (
     LIMITS,
     REF_TAGS,
     CategoryName,
-    CompatibilityRequest,
     CompatibilityResponse,
-    CompleteRequest,
     CompleteResponse,
     ErrorResponse,
     Health,
     ItemsPage,
     Limits,
     ModelInfo,
-    RetrieveRequest,
     RetrieveResponse,
+    request_models,
 )
 from outfitter.platform.serving.service import CatalogService
 
@@ -164,30 +164,44 @@ def _install_handlers(app: FastAPI) -> None:
 
 
 def create_app(
-    service: CatalogService, limits: Limits = LIMITS, static_dir: Path | None = STATIC_DIR
+    service: CatalogService,
+    limits: Limits = LIMITS,
+    static_dir: Path | None = STATIC_DIR,
+    *,
+    api_key: security.ApiKey | None = None,
+    allowed_hosts: list[str] | None = None,
 ) -> FastAPI:
-    """The serving app over `service`; serves `static_dir/index.html` at `/` when it exists."""
+    """The serving app over `service`; serves `static_dir/index.html` at `/` when it exists.
+
+    Args:
+        api_key: when given, every route but /healthz and /v1/model needs it (`security`).
+        allowed_hosts: Host headers answered (others get a 400); None: any.
+    """
     app = FastAPI(
         title="Outfitter",
         version="1",
         description="Outfit compatibility and complementary-item retrieval over a catalog.",
     )
     app.add_middleware(AdmissionMiddleware, max_in_flight=limits.max_in_flight)
+    app.add_middleware(security.ApiKeyMiddleware, key=api_key)
+    if allowed_hosts is not None:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
     app.add_middleware(GuardMiddleware, max_body_bytes=limits.max_body_bytes)  # the outermost
+    models = request_models(limits)  # the request schemas of these limits
     _install_handlers(app)
 
     @app.post("/v1/compatibility", response_model=CompatibilityResponse, responses=_ERRORS)
-    async def compatibility(req: CompatibilityRequest):
+    async def compatibility(req: models.compatibility):
         """Probability that the items go together, and the item whose removal helps most."""
         return await service.compatibility(req)
 
     @app.post("/v1/retrieve", response_model=RetrieveResponse, responses=_ERRORS)
-    async def retrieve(req: RetrieveRequest):
+    async def retrieve(req: models.retrieve):
         """The k catalog items that best complete the outfit as the target describes."""
         return await service.retrieve(req)
 
     @app.post("/v1/complete", response_model=CompleteResponse, responses=_ERRORS)
-    async def complete(req: CompleteRequest):
+    async def complete(req: models.complete):
         """Fill several blanks of one outfit at once."""
         return await service.complete(req)
 
@@ -207,9 +221,14 @@ def create_app(
         return FileResponse(service.image_path(item_id), media_type="image/jpeg")
 
     @app.get("/v1/model", response_model=ModelInfo, responses=_ERRORS)
-    async def model():
-        """The model version being served: registered name, version, alias, metrics."""
-        return await service.model_info()
+    async def model(request: Request):
+        """The model version being served: registered name, version, alias; with the API key
+        (or when none is configured) also its run, metrics, index and last load error."""
+        info = await service.model_info()
+        if security.authenticated(request):
+            return info
+        hidden = {"run_id": None, "metrics": {}, "index": {}, "load_error": None}
+        return info.model_copy(update={**hidden, "model_config_name": None})
 
     @app.get("/healthz", response_model=Health, responses=_ERRORS)
     async def healthz():

@@ -27,7 +27,8 @@ import numpy as np
 from pydantic import BaseModel, Field
 from ray import serve
 
-from outfitter.platform.serving import core
+from outfitter.platform.redact import redact_uri
+from outfitter.platform.serving import core, security
 from outfitter.platform.serving.errors import ModelUnavailable
 from outfitter.platform.serving.schemas import Limits
 from outfitter.platform.serving.service import CatalogService
@@ -59,6 +60,10 @@ class AppArgs(BaseModel):
         0.0, ge=0, description="@serve.batch wait for a fuller batch (0: take what has queued)"
     )
     limits: dict[str, int] = Field(default_factory=dict, description="overrides of schemas.Limits")
+    allowed_hosts: list[str] = Field(
+        default_factory=lambda: list(security.DEFAULT_ALLOWED_HOSTS),
+        description="Host headers answered (DNS-rebinding guard): the names clients use",
+    )
 
 
 def _split(array, sizes: list[int]) -> list:
@@ -103,7 +108,8 @@ class BatchedBackend:
         except Exception as err:
             if self.state is None:
                 raise  # nothing to serve: a clear startup error
-            self.load_error = f"{config.get('model_uri')}: {type(err).__name__}: {err}"
+            # shown by GET /v1/model and logged: no credentials of a store URI in it
+            self.load_error = redact_uri(f"{config.get('model_uri')}: {type(err).__name__}: {err}")
             log.error(
                 "keeping model %s; loading the new one failed: %s",
                 self.state.version,
@@ -178,6 +184,8 @@ class Outfitter:
         from outfitter.data import load_catalog
 
         self.limits = Limits(**defaults.get("limits", {}))
+        self.api_key = security.load_api_key()  # OUTFITTER_API_KEY[_FILE]; never an argument
+        self.allowed_hosts = defaults.get("allowed_hosts", list(security.DEFAULT_ALLOWED_HOSTS))
         threads = defaults.get("threads") or _cpus_of_this_replica()
         if threads:
             core.set_threads(threads)
@@ -188,7 +196,9 @@ class Outfitter:
     def __serve_build_asgi_app__(self):
         from outfitter.platform.serving.app import create_app
 
-        return create_app(self.service, self.limits)
+        return create_app(
+            self.service, self.limits, api_key=self.api_key, allowed_hosts=self.allowed_hosts
+        )
 
     async def reconfigure(self, config: dict[str, Any]) -> None:
         await self.backend.reconfigure(config)
@@ -236,7 +246,8 @@ def build_app(args: AppArgs | dict[str, Any]) -> serve.Application:
     config = user_config(args)
     pinned, alias = pin_model_uri(args.model_uri, args.tracking_uri)
     config.update(model_uri=pinned, alias=alias)
-    defaults = {**config, "limits": args.limits, "threads": args.threads}
+    defaults = {**config, "limits": args.limits, "threads": args.threads,
+                "allowed_hosts": args.allowed_hosts}  # fmt: skip
     return Outfitter.options(user_config=config).bind(
         args.data_dir, args.tracking_uri, args.device, defaults
     )

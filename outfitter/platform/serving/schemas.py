@@ -208,3 +208,70 @@ class FieldError(BaseModel):
 class ErrorResponse(BaseModel):
     error: str
     errors: list[FieldError] = []
+
+
+# ---------------------------------------------------------------- request models for other limits
+
+
+@dataclass(frozen=True)
+class RequestModels:
+    """The request schemas of one set of limits (the routes of `create_app` use them)."""
+
+    compatibility: type[CompatibilityRequest]
+    retrieve: type[RetrieveRequest]
+    complete: type[CompleteRequest]
+
+
+def _build_request_models(limits: Limits) -> RequestModels:
+    from pydantic import create_model
+
+    text = Annotated[str, StringConstraints(max_length=limits.max_text_chars)]
+    nonempty = Annotated[text, StringConstraints(min_length=1)]
+    # image_b64 keeps the default's loose cap: the service checks the decoded size against
+    # these limits and answers 413 (errors.decode_images)
+    new_item = create_model(
+        "NewItemRef",
+        __base__=NewItemRef,
+        title=(nonempty, Field(description="its title")),
+        description=(text, Field("", description="its description (optional)")),
+    )
+    ref = Annotated[
+        Annotated[CatalogRef, Tag("catalog")] | Annotated[new_item, Tag("new")],
+        Discriminator(_ref_kind),
+    ]
+    # outfit lengths keep the defaults' bounds here: the service checks them against these
+    # limits and the model's own maximum together, with one message (`_check_length`)
+    outfit = Annotated[list[ref], Field(min_length=2, max_length=LIMITS.max_outfit_items)]
+    context = Annotated[list[ref], Field(min_length=1, max_length=LIMITS.max_outfit_items)]
+    exclude = Annotated[list[ItemId], Field(max_length=limits.max_exclude)]
+    target = create_model("Target", __base__=Target, description=(nonempty, ...))
+    targets = Annotated[list[target], Field(min_length=1, max_length=limits.max_targets)]
+    return RequestModels(
+        compatibility=create_model(
+            "CompatibilityRequest", __base__=CompatibilityRequest, items=(outfit, ...)
+        ),
+        retrieve=create_model(
+            "RetrieveRequest",
+            __base__=RetrieveRequest,
+            items=(context, ...),
+            target=(target, ...),
+            k=(int, Field(10, ge=1, le=limits.max_k)),
+            exclude=(exclude, []),
+        ),
+        complete=create_model(
+            "CompleteRequest",
+            __base__=CompleteRequest,
+            items=(context, ...),
+            targets=(targets, ...),
+            k=(int, Field(5, ge=1, le=limits.max_k)),
+            exclude=(exclude, []),
+        ),
+    )
+
+
+def request_models(limits: Limits = LIMITS) -> RequestModels:
+    """Request schemas that enforce `limits`: the module's own classes for the defaults, else
+    subclasses with the same fields and the limits' bounds (a deployment's `args.limits`)."""
+    if limits == LIMITS:
+        return RequestModels(CompatibilityRequest, RetrieveRequest, CompleteRequest)
+    return _build_request_models(limits)

@@ -20,6 +20,8 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image
 
+from outfitter.data.errors import DatasetError
+from outfitter.data.images import confined
 from outfitter.data.types import CATEGORIES, CATEGORY_INDEX, Catalog
 from outfitter.platform.serving.errors import ServingError, decode_images
 from outfitter.platform.serving.schemas import (
@@ -256,6 +258,10 @@ class CatalogService:
         if item_id not in self.catalog.items:
             raise ServingError("item_id", f"unknown item id {item_id!r}", status=404)
         path = self.catalog.image_path(item_id)
+        try:
+            confined(path)  # a symlink out of the image folder is never served
+        except DatasetError:
+            raise ServingError("item_id", f"item {item_id!r} has no image", status=404) from None
         if not path.is_file():
             raise ServingError("item_id", f"item {item_id!r} has no image", status=404)
         return path
