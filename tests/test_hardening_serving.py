@@ -268,3 +268,22 @@ def test_no_config_opens_the_ray_dashboard():
     head = _rayservice()[0]["spec"]["rayClusterConfig"]["headGroupSpec"]["rayStartParams"]
     if head.get("dashboard-host") not in (None, "127.0.0.1", "localhost"):
         assert _rayservice()[0]["spec"]["rayClusterConfig"]["authOptions"]["mode"] == "token"
+
+
+def test_a_serve_replica_builds_its_app_with_the_key_and_hosts(polyvore_mini, monkeypatch):
+    """The deployment's own wiring: `Outfitter.__init__` reads the key from the environment and
+    `__serve_build_asgi_app__` installs it and `allowed_hosts` (no Ray: the user class itself)."""
+    from outfitter.platform.serving.deployments import Outfitter
+
+    monkeypatch.setenv(security.API_KEY_ENV, KEY)
+    user_class = next(c for c in Outfitter.func_or_class.__mro__[1:] if "__init__" in vars(c))
+    replica = object.__new__(user_class)
+    defaults = {"model_uri": "m", "revision": "0", "allowed_hosts": ["127.0.0.1"]}
+    user_class.__init__(replica, str(polyvore_mini), None, "cpu", defaults)
+    client = TestClient(user_class.__serve_build_asgi_app__(replica), base_url="http://127.0.0.1")
+    assert client.get("/v1/items").status_code == 401
+    assert client.get("/v1/items", headers={"X-API-Key": KEY}).status_code == 200
+    assert (
+        client.get("/v1/items", headers={"Host": "evil.example", "X-API-Key": KEY}).status_code
+        == 400
+    )
