@@ -30,17 +30,29 @@ class Crash(RuntimeError):
     """A process dying between two steps."""
 
 
-@pytest.fixture()
-def store(tmp_path, monkeypatch):
-    """A private sqlite MLflow store, model cache and temp folder for one test."""
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    monkeypatch.setenv("OUTFITTER_CACHE_DIR", str(tmp_path / "cache"))
+@pytest.fixture(scope="module")
+def module_store(tmp_path_factory):
+    """One private sqlite MLflow store for the module (creating one costs seconds)."""
+    mp = pytest.MonkeyPatch()
+    root = tmp_path_factory.mktemp("hardening-registry")
+    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
     registry.configure_tracking()
-    experiment = registry.ensure_experiment("hardening")
+    yield registry.ensure_experiment("hardening")
+    mp.undo()
+
+
+@pytest.fixture()
+def store(module_store, tmp_path, monkeypatch):
+    """The module's store with no model `NAME` in it yet, and a private model cache."""
+    monkeypatch.setenv("OUTFITTER_CACHE_DIR", str(tmp_path / "cache"))
     checkpoint = tmp_path / "model" / "artifacts" / "checkpoint"
     checkpoint.mkdir(parents=True)
     (checkpoint / "config.json").write_text("{}")
-    return tmp_path, experiment
+    yield tmp_path, module_store
+    client = MlflowClient()
+    for model in (NAME, f"{NAME}.champion.promotion-lock"):
+        if client.search_registered_models(f"name = '{model}'"):
+            client.delete_registered_model(model)
 
 
 def _new_version(store, metric: float | None = None) -> str:
