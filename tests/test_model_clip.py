@@ -12,6 +12,7 @@ from outfitter.model.checkpoint import load_checkpoint, save_checkpoint
 from outfitter.model.clip_pretrain import pretrain
 from outfitter.model.factory import build_model
 from outfitter.model.towers import create_towers
+from outfitter.model.words import word_ids
 
 
 @pytest.fixture(autouse=True)
@@ -64,6 +65,7 @@ def test_finetuned_towers_round_trip(tmp_path):
     inputs = {
         "pixels": torch.randn(2, 3, 64, 64),
         "tokens": model.towers.tokenize(["red silk dress", "navy boots"]),
+        "words": word_ids(["red silk dress", "navy boots"], cfg.words.buckets),
     }
     save_checkpoint(tmp_path, model, cfg, {"note": "raw"})
     loaded, loaded_cfg, meta = load_checkpoint(tmp_path)
@@ -83,7 +85,8 @@ def test_frozen_image_tower_keeps_cached_features_when_text_is_finetuned(synth_d
     features = compute_features(model.towers, catalog, ids)
     builder = InputBuilder.for_model(model, catalog, features)
     inputs = builder.item_inputs(ids)
-    assert set(inputs) == {"image_feat", "tokens"}  # no pixels: the image tower is frozen
+    # no pixels: the image tower is frozen; the title's words feed the word bag
+    assert set(inputs) == {"image_feat", "tokens", "words"}
     vecs = model.encode_items(inputs)
     vecs.sum().backward()
     assert model.clip.token_embedding.weight.grad is not None

@@ -11,8 +11,16 @@ from outfitter.model.losses import compatibility_loss, retrieval_loss, weighted_
 from outfitter.model.sun2020 import WordVocab
 from outfitter.model.task import OutfitTask, make_optimizer
 from outfitter.model.towers import TowerWeightsError, create_towers
+from outfitter.model.words import word_ids
 
 D = 64
+BUCKETS = load_config("hybrid-tiny").words.buckets
+TITLES = ["red silk dress", "navy ankle boots", "black leather bag", "white sneakers", "gold hoops"]
+
+
+def _words(u: int) -> torch.Tensor:
+    """Word ids of `u` item titles, as the input builder gives them."""
+    return word_ids([TITLES[i % len(TITLES)] for i in range(u)], BUCKETS)
 
 
 def _features(u: int, seed: int = 0) -> dict:
@@ -20,6 +28,7 @@ def _features(u: int, seed: int = 0) -> dict:
     return {
         "image_feat": torch.randn(u, D, generator=g),
         "text_feat": torch.randn(u, D, generator=g),
+        "words": _words(u),
     }
 
 
@@ -32,7 +41,7 @@ def test_hybrid_shapes_and_normalised_vectors(fusion):
     items = vecs[torch.tensor([[0, 1, 2], [3, 4, 0]])]  # (B=2, N=3, D)
     mask = torch.tensor([[True, True, True], [True, True, False]])
     assert model.compatibility_logits(items, mask).shape == (2,)
-    text = {"text_feat": torch.randn(2, D)}
+    text = {"text_feat": torch.randn(2, D), "words": _words(2)}
     query = model.query(items, mask, text, torch.tensor([8, 3]))
     assert query.shape == (2, D)
     assert torch.allclose(query.norm(dim=-1), torch.ones(2), atol=1e-5)
@@ -47,7 +56,7 @@ def test_padding_does_not_change_the_outputs():
     with torch.no_grad():
         a = model.compatibility_logits(short, torch.ones(1, 3, dtype=torch.bool))
         b = model.compatibility_logits(padded, mask)
-        text, cat = {"text_feat": torch.randn(1, D)}, torch.tensor([2])
+        text, cat = {"text_feat": torch.randn(1, D), "words": _words(1)}, torch.tensor([2])
         qa = model.query(short, torch.ones(1, 3, dtype=torch.bool), text, cat)
         qb = model.query(padded, mask, text, cat)
     assert torch.allclose(a, b, atol=1e-5)
@@ -147,11 +156,11 @@ def test_task_sums_the_weighted_losses():
         "target": torch.tensor([3, 4]),
         "negatives": torch.tensor([[1], [2]]),
         "target_category": torch.tensor([1, 2]),
-        "target_text": {"text_feat": torch.randn(2, D)},
+        "target_text": {"text_feat": torch.randn(2, D), "words": _words(2)},
     }
     out = task({"compatibility": compat, "retrieval": retrieval})
-    assert set(out) >= {"compatibility_loss", "retrieval_loss", "loss"}
-    total = float(out["compatibility_loss"].detach() + out["retrieval_loss"].detach())
+    assert set(out) >= {"compatibility_loss", "retrieval_loss", "category_loss", "loss"}
+    total = sum(float(v.detach()) for k, v in out.items() if k.endswith("_loss"))
     assert float(out["loss"].detach()) == pytest.approx(total)
     out["loss"].backward()
 
