@@ -3,8 +3,8 @@
 `load_config("hybrid-tiny", {"transformer.layers": 1})` reads `configs/hybrid-tiny.yaml` (or a
 YAML path), applies dotted overrides, and validates every field; errors name the field and value.
 `ModelConfig.kind` picks the architecture (`hybrid` or `sun2020`); nothing looks at names.
-`FrozenConfig` is the base of every config of the project's own (the train settings too): strings
-from the CLI become the field's type, and every error is one `ConfigError` line per field.
+`FrozenConfig` is the base of the model configs and of the train settings (`platform.settings`):
+strings from the CLI become the field's type, and an error names the field, the rule and the value.
 """
 
 from __future__ import annotations
@@ -49,10 +49,10 @@ class FrozenConfig(BaseModel):
     @field_validator("*", mode="before")
     @classmethod
     def _from_text(cls, value: Any, info) -> Any:
-        return _from_text(cls.model_fields[info.field_name].annotation, value)
+        return _coerce(cls.model_fields[info.field_name].annotation, value)
 
 
-def _from_text(hint: Any, value: Any) -> Any:
+def _coerce(hint: Any, value: Any) -> Any:
     """What pydantic's own conversions leave out: "null"/"none" for an optional field, a comma
     list for a tuple, an empty YAML section; a bool is not a number (pydantic would take it)."""
     args = typing.get_args(hint)
@@ -131,12 +131,9 @@ class ClipCfg(FrozenConfig):
     """The CLIP towers (open_clip) that turn item images and texts into features."""
 
     arch: str = "outfitter-tiny"  # open_clip architecture (also `hf-hub:org/repo`, `local-dir:/p`)
-    pretrained: str | None = (
-        None  # open_clip tag (e.g. "openai") or local weights file; None=random
-    )
-    embed_dim: int = Field(
-        64, gt=0
-    )  # output width of each tower; checked against the tower when built
+    # open_clip tag (e.g. "openai") or local weights file; None = random initialisation
+    pretrained: str | None = None
+    embed_dim: int = Field(64, gt=0)  # output width of each tower; checked against the tower
     freeze_image: bool = True  # frozen: image features are computed once and cached
     freeze_text: bool = True  # frozen: text features are computed once and cached
 
@@ -144,10 +141,8 @@ class ClipCfg(FrozenConfig):
 class ItemCfg(FrozenConfig):
     """The hybrid item encoder: fuses one item's CLIP image and text features into a vector."""
 
-    modalities: tuple[Literal["image", "text"], ...] = (
-        "image",
-        "text",
-    )  # features used (ablations)
+    # which features to use (ablations)
+    modalities: tuple[Literal["image", "text"], ...] = ("image", "text")
     fusion: Literal["concat", "sum", "gated"] = "concat"  # concat (+projection, the paper)
     dim: int = Field(64, gt=0)  # item vector width; also the transformer width
     hidden: int = Field(128, gt=0)  # hidden width of the projection MLP
@@ -177,7 +172,7 @@ class TargetCfg(FrozenConfig):
     use_text: bool = True  # add the CLIP text embedding of the wanted item's description
     use_category: bool = True  # add a learned embedding of the wanted item's category
     source: Literal["title", "text"] = "title"  # training description of the target
-    prompt_prob: float = Field(0.5, ge=0.0, le=1.0)  # probability of using the category prompt
+    prompt_prob: float = Field(0.5, ge=0.0, le=1.0)  # share replaced by the category prompt
     prompt_template: str = "a photo of {category}"  # category prompt; {category} = e.g. "shoes"
     subset_prob: float = Field(0.0, ge=0.0, le=1.0)  # training: descriptions cut to a word subset
     infer_category: bool = False  # a head infers the category of a description given without one
