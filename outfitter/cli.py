@@ -121,9 +121,9 @@ def clip_pretrain(
     if out.suffix != ".safetensors":
         _fail(f"--out {out}: the weights are written as safetensors; name it *.safetensors")
     try:
+        cfg = ClipCfg.from_dict({"arch": arch, "pretrained": pretrained, "embed_dim": embed_dim})
         catalog = load_catalog(data)
         train_ids, held = catalog_split_ids(data, version, catalog)
-        cfg = ClipCfg(arch=arch, pretrained=pretrained, embed_dim=embed_dim)
         with Progress() as bar:
             task = bar.add_task("clip-pretrain", total=None)
 
