@@ -78,6 +78,8 @@ def test_given_calibration_queries_are_used(clustered):
     c = index.tuning[0]["calibration"]
     assert (c["queries_from"], c["queries"]) == ("given", 200)
     assert _recall(index, vectors, queries[200:]) >= 0.95
+    per_category = CatalogIndex.build(vectors, ids, cats, cfg, calibration_queries={1: queries})
+    assert per_category.tuning[0]["calibration"]["queries_from"] == "items"  # none for category 0
 
 
 def test_params_are_in_the_manifest_and_applied_at_load(clustered, calibrated, tmp_path):

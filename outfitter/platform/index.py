@@ -259,15 +259,16 @@ class CatalogIndex:
         config: IndexConfig | None = None,
         meta: dict | None = None,
         device=None,
-        calibration_queries: np.ndarray | None = None,
+        calibration_queries: np.ndarray | dict[int, np.ndarray] | None = None,
     ) -> CatalogIndex:
         """Index `vectors` (N, D) of items `ids` whose category indexes are `categories`.
 
         Args:
             device: the process's torch device; the shards follow it (see `_gpu_target`).
             calibration_queries: (Q, D) unit vectors like the ones the index will be searched
-                with, on which approximate shards are calibrated (each shard on all of them);
-                None: each shard's own items, held out from their own answers.
+                with, on which approximate shards are calibrated (each shard on all of them), or
+                per category index the queries of that category's searches; None (or a
+                category without any): each shard's own items, held out from their own answers.
         """
         config = config or IndexConfig()
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -279,8 +280,10 @@ class CatalogIndex:
         gpu = _gpu_target(config, device)
         shards, tuning = {}, {}
         for c in np.unique(categories).tolist():
-            part = vectors[categories == c]
-            shards[c], tuning[c] = _build_shard(part, config, gpu is not None, calibration_queries)
+            part, queries = vectors[categories == c], calibration_queries
+            if isinstance(queries, dict):
+                queries = queries.get(c)
+            shards[c], tuning[c] = _build_shard(part, config, gpu is not None, queries)
             log.info("shard %s: %s", CATEGORIES[c], tuning[c].get("reason"))
         index = cls(list(ids), categories, vectors, shards, config, dict(meta or {}), tuning)
         return index.maybe_to_gpu(device)
