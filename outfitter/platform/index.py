@@ -70,7 +70,8 @@ class IndexConfig:
     kind: Literal["auto", "flat", "ivf", "hnsw"] = "auto"
     exact_below: int = 20_000  # auto: a shard with fewer items is an exact IndexFlatIP
     # The kind auto tries at or above exact_below; auto = IVF, on the CPU as on a GPU (faiss-gpu
-    # has no HNSW): it builds ~4x faster than HNSW and searched ~2x faster at 100k items (bench).
+    # has no HNSW): at 100k items it built 4-7x faster than HNSW and searched 2-4x faster
+    # (bench/index.py, both calibrated to the same recall).
     approximate: Literal["auto", "ivf", "hnsw"] = "auto"
     # IVF inverted lists; 0 = 4 * sqrt(n) up to max_nlist, capped so each list trains on >= 39
     # points. max_nlist bounds k-means: over 1M points nlist 4000 takes ~15 min on 2 CPUs.
@@ -106,7 +107,8 @@ class IndexConfig:
             raise ValueError("calibration_k and calibration_queries must be >= 1")
 
     def kind_for(self, n: int, on_gpu: bool = False) -> str:
-        """The index kind of a shard of `n` items (`on_gpu`: the shards will move to a GPU)."""
+        """The index kind of a shard of `n` items (`on_gpu`: the shards will move to a GPU; auto
+        picks IVF either way, the one approximate kind faiss-gpu holds)."""
         if self.kind != "auto":
             return self.kind
         if n < self.exact_below:
