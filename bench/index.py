@@ -1,26 +1,28 @@
 """faiss index kinds for the catalog: flat vs IVF vs HNSW at 10k / 100k / 1M item vectors.
 
 Each index is built the way the platform builds a shard (`platform.index.CatalogIndex.build` with
-`IndexConfig(kind=...)` and its default parameters: IVF nlist = 4 sqrt(n), nprobe 16; HNSW M 32,
-efConstruction 200, efSearch 128), over one category so the whole catalog is one shard. Measured:
-build time (train + add, plus the platform's input checks), index size (`faiss.serialize_index`),
-queries/s of a batch of queries and one query at a time on the shard (faiss), queries/s of the
-platform's `CatalogIndex.search` (with its per-query merge into `Hit`s), and recall@10 against
-the exact (flat) results. Rates are also given as a ratio to flat at the same size.
+`IndexConfig(kind=...)` and its defaults: IVF nlist = 4 sqrt(n) up to 1024; HNSW M 32,
+efConstruction 200; the search parameter, IVF nprobe or HNSW efSearch, calibrated at build time
+until recall@10 against exact search reaches `--target-recall` 0.95 on held-out queries), over
+one category so the whole catalog is one shard. Measured: build time (train + add + calibration,
+plus the platform's input checks), index size (`faiss.serialize_index`), queries/s of a batch of
+queries and one query at a time on the shard (faiss), queries/s of the platform's
+`CatalogIndex.search` (with its per-query merge into `Hit`s), and recall@10 against the exact
+(flat) results. Rates are also given as a ratio to flat at the same size.
 
 Vectors are clustered (real item embeddings are: categories, colours, styles), L2-normalised, of
 the item dimension of `--configs` (hybrid-tiny: 64; add hybrid-vit-b32 for 512). Queries come
-from the same mixture but are not in the index.
+from the same cluster centres with their own cluster weights (so some fall where items are
+sparse), and are not in the index. The calibration queries (`--calibration-queries`) are drawn
+with the measured ones but are not among them: recall@10 is measured on queries the calibration
+never saw.
 
 Builds use every core (`--build-threads`, an offline job); searches use one thread
 (`--search-threads 1`), as in a Ray Serve replica (OMP_NUM_THREADS=1), and on a shared machine
-more threads mostly wait on each other. Above 100k vectors (`--modest-above`) the default
-parameters take too long to build on 2 CPUs (estimated from the 100k builds: IVF k-means over
-1M points with nlist 4000 ~15 min, HNSW with efConstruction 200 ~20 min), so by default 1M runs
-flat, and IVF with nlist 1024 (`--modest-nlist`); `--hnsw-max 1000000` adds HNSW at 1M with the
-platform's parameters.
+more threads mostly wait on each other. HNSW is built up to 100k vectors (`--hnsw-max`): with
+efConstruction 200 it takes ~20 min at 1M on 2 CPUs.
 
-    .venv/bin/python bench/index.py                                   # ~4 min on 2 CPUs
+    .venv/bin/python bench/index.py                                   # ~5 min on 2 CPUs
     .venv/bin/python bench/index.py --configs hybrid-tiny,hybrid-vit-b32 --hnsw-max 1000000
 """
 
@@ -50,11 +52,14 @@ def clustered_vectors(n: int, dim: int, rng: np.random.Generator, centers: np.nd
     return out
 
 
-def make_data(n: int, dim: int, n_queries: int, seed: int):
+def make_data(n: int, dim: int, n_queries: int, seed: int, n_calibration: int = 0):
+    """(vectors, queries, calibration queries): the queries of one draw, split in two."""
     rng = np.random.default_rng([seed, n, dim])
     n_centers = max(16, min(4096, n // 200))
     centers = rng.standard_normal((n_centers, dim), dtype=np.float32) / np.sqrt(dim)
-    return clustered_vectors(n, dim, rng, centers), clustered_vectors(n_queries, dim, rng, centers)
+    vectors = clustered_vectors(n, dim, rng, centers)
+    queries = clustered_vectors(n_queries + n_calibration, dim, rng, centers)
+    return vectors, queries[:n_queries], queries[n_queries:]
 
 
 def queries_per_s(search, queries: np.ndarray, single: int) -> tuple[float, float, np.ndarray]:
@@ -74,30 +79,36 @@ def recall_at(found: np.ndarray, exact: np.ndarray, k: int) -> float:
     return float(np.mean(hits)) / k
 
 
-def measure(kind: str, vectors, queries, args, exact) -> tuple[dict, np.ndarray]:
-    """Build one index kind over `vectors` and measure it; returns (row, its top-k ids)."""
+def measure(kind: str, vectors, queries, calibration, args, exact) -> tuple[dict, np.ndarray]:
+    """Build one index kind over `vectors` (calibrated on `calibration`) and measure it; returns
+    (row, its top-k ids)."""
     import faiss
 
     from outfitter.platform.index import CatalogIndex, IndexConfig
+    from outfitter.platform.index_tuning import search_params
 
     n, k = len(vectors), args.k
-    config = IndexConfig(kind=kind, use_gpu=args.gpu)
-    if n > args.modest_above:
-        config = IndexConfig(kind=kind, use_gpu=args.gpu, nlist=args.modest_nlist)
+    config = IndexConfig(
+        kind=kind,
+        use_gpu=args.gpu,
+        target_recall=args.target_recall,
+        calibration_k=k,
+        calibration_queries=len(calibration),
+        on_unreachable="error",  # a kind that misses the target is a finding, not a flat row
+    )
     ids = [str(i) for i in range(n)]
     cats = np.zeros(n, np.int64)
     faiss.omp_set_num_threads(args.build_threads or os.cpu_count())
-    index, build_s = common.timed(CatalogIndex.build, vectors, ids, cats, config)
+    index, build_s = common.timed(
+        CatalogIndex.build, vectors, ids, cats, config, calibration_queries=calibration
+    )
     faiss.omp_set_num_threads(args.search_threads or os.cpu_count())
-    shard = index.shards[0]
+    shard, tuning = index.shards[0], index.tuning[0]
     cpu_shard = faiss.index_gpu_to_cpu(shard) if "Gpu" in type(shard).__name__ else shard
     size = len(faiss.serialize_index(cpu_shard))
 
-    def search(q):
-        params = None
-        if isinstance(shard, faiss.IndexHNSW):  # as CatalogIndex searches it
-            params = faiss.SearchParametersHNSW(efSearch=max(config.ef_search, k))
-        return shard.search(q, k, params=params)[1]
+    def search(q):  # as CatalogIndex searches the shard, with its calibrated parameters
+        return shard.search(q, k, params=search_params(shard, tuning["params"], k))[1]
 
     qps, qps_one, found = queries_per_s(search, queries, args.single)
     n_platform = min(len(queries), args.platform_queries)
@@ -107,7 +118,8 @@ def measure(kind: str, vectors, queries, args, exact) -> tuple[dict, np.ndarray]
         "n": n,
         "dim": vectors.shape[1],
         "faiss_class": type(shard).__name__,
-        "params": _params(kind, config, n),
+        "params": tuning["params"],
+        "calibration": tuning["calibration"],
         "build_s": build_s,
         "bytes": size,
         "qps_batch": qps,
@@ -119,25 +131,15 @@ def measure(kind: str, vectors, queries, args, exact) -> tuple[dict, np.ndarray]
     return row, found
 
 
-def _params(kind: str, config, n: int) -> dict:
-    if kind == "ivf":
-        return {"nlist": config.nlist_for(n), "nprobe": min(config.nprobe, config.nlist_for(n))}
-    if kind == "hnsw":
-        return {
-            "M": config.hnsw_m,
-            "efConstruction": config.ef_construction,
-            "efSearch": config.ef_search,
-        }
-    return {}
-
-
 def run_size(n: int, dim: int, args) -> list[dict]:
-    vectors, queries = make_data(n, dim, args.queries, args.seed)
+    vectors, queries, calibration = make_data(
+        n, dim, args.queries, args.seed, args.calibration_queries
+    )
     rows, exact = [], None
     for kind in KINDS:  # flat first: its results are the exact ones
         if kind == "hnsw" and n > args.hnsw_max:
             continue
-        row, found = measure(kind, vectors, queries, args, exact)
+        row, found = measure(kind, vectors, queries, calibration, args, exact)
         exact = found if kind == "flat" else exact
         rows.append(row)
         print(
@@ -168,6 +170,7 @@ def table(results: dict) -> tuple[list[str], list[list[str]]]:
         "q/s one",
         "q/s platform",
         f"recall@{k}",
+        "calibration",
     ]
     rows = [
         [
@@ -182,10 +185,18 @@ def table(results: dict) -> tuple[list[str], list[list[str]]]:
             common.fmt(r["qps_single"], 0),
             common.fmt(r["qps_platform"], 0),
             f"{r['recall_at_k']:.3f}",
+            _calibration(r.get("calibration")),
         ]
         for r in results["rows"]
     ]
     return cols, rows
+
+
+def _calibration(c: dict | None) -> str:
+    """The recall the calibration measured on its own queries, and how many."""
+    if not c:
+        return "—"
+    return f"{c['recall']:.3f} on {c['queries']}"
 
 
 def parse_args(argv=None):
@@ -193,8 +204,8 @@ def parse_args(argv=None):
     p.add_argument("--sizes", default="10000,100000,1000000", help="catalog sizes (vectors)")
     p.add_argument("--configs", default="hybrid-tiny", help="model configs: their item dim")
     p.add_argument("--hnsw-max", type=int, default=100_000, help="largest size HNSW is built at")
-    p.add_argument("--modest-above", type=int, default=100_000, help="sizes with modest IVF")
-    p.add_argument("--modest-nlist", type=int, default=1024, help="IVF nlist above that size")
+    p.add_argument("--target-recall", type=float, default=0.95, help="calibrated recall@k")
+    p.add_argument("--calibration-queries", type=int, default=500, help="held-out queries")
     p.add_argument("--build-threads", type=int, default=0, help="faiss threads to build (0 = all)")
     p.add_argument("--search-threads", type=int, default=1, help="faiss threads to search")
     p.add_argument("--queries", type=int, default=1000, help="batch of queries per index")

@@ -244,8 +244,16 @@ def index(results: dict) -> str:
         f"Clustered unit vectors; {a['queries']} queries per batch, {a['single']} one at a time, "
         f"{a['platform_queries']} through `CatalogIndex.search`; faiss "
         f"{results.get('faiss', {}).get('version', '?')}, search threads {a['search_threads']}, "
-        f"build threads {a['build_threads'] or 'all'}. Recall@{a['k']} against flat (exact)."
+        f"build threads {a['build_threads'] or 'all'}. Recall@{a['k']} against flat (exact), "
+        "on queries the build never saw."
     )
+    if "target_recall" in a:
+        note += (
+            f" IVF nprobe and HNSW efSearch are the platform's own choice: raised at build time "
+            f"until recall@{a['k']} reaches {a['target_recall']} on {a['calibration_queries']} "
+            "held-out calibration queries (`IndexConfig.target_recall`; `calibration`: the "
+            "recall measured there); IVF nlist = 4 √n up to 1024."
+        )
     return _section("faiss index kinds", results, *index_bench.table(results), [note])
 
 

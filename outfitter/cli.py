@@ -413,8 +413,11 @@ def index_build(
         None, "--out", help="Index folder (default: CHECKPOINT/index for a folder, else temp)."
     ),
     kind: str = typer.Option("auto", "--kind", help="auto, flat, ivf or hnsw."),
-    exact_below: int = typer.Option(
-        50_000, "--exact-below", help="auto: exact IndexFlatIP below this many items per category."
+    exact_below: int | None = typer.Option(
+        None, "--exact-below", help="auto: exact below this many items per category (20000)."
+    ),
+    target_recall: float | None = typer.Option(
+        None, "--target-recall", help="recall@10 approximate shards are calibrated to (0.95)."
     ),
     workdir: Path = typer.Option(
         Path("outfitter-work"), "--workdir", help="Where the local MLflow store is."
@@ -437,7 +440,8 @@ def index_build(
         if "://" in model or model.startswith(("models:/", "runs:/")):
             registry.configure_tracking(workdir)
         resolved = registry.resolve_model(model)
-        config = IndexConfig(kind=kind, exact_below=exact_below)
+        given = {"exact_below": exact_below, "target_recall": target_recall}
+        config = IndexConfig(kind=kind, **{k: v for k, v in given.items() if v is not None})
         if out is None and resolved.version is None:
             out = Path(resolved.checkpoint_dir) / "index"  # where serving a folder looks
         folder = out or Path(tempfile.mkdtemp(prefix="outfitter-index-"))

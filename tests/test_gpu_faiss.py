@@ -66,19 +66,22 @@ def _hits(index: CatalogIndex, queries, k=10, category=None):
     return [[h.item_id for h in hits] for hits in index.search(queries, k, category)]
 
 
-def test_auto_picks_ivf_for_large_shards_on_a_gpu_and_hnsw_on_the_cpu(monkeypatch):
+def test_auto_picks_ivf_for_large_shards_on_a_gpu_as_on_the_cpu(monkeypatch):
     vectors, ids, cats = clustered()
-    cfg = IndexConfig(exact_below=200)
-    assert cfg.kind_for(100, on_gpu=True) == "flat" and cfg.kind_for(300) == "hnsw"
+    cfg = IndexConfig(exact_below=200, target_recall=None)  # placement only: not calibrated
+    assert cfg.kind_for(100, on_gpu=True) == "flat" and cfg.kind_for(300) == "ivf"
     cpu = CatalogIndex.build(vectors, ids, cats, cfg)
-    assert set(cpu.shard_kinds().values()) == {"IndexHNSWFlat"} and not cpu.on_gpu
+    assert set(cpu.shard_kinds().values()) == {"IndexIVFFlat"} and not cpu.on_gpu
     fake = FakeFaissGpu(monkeypatch)
     gpu = CatalogIndex.build(vectors, ids, cats, cfg)
     assert set(gpu.shard_kinds().values()) == {"GpuIndexIVFFlat"} and gpu.on_gpu
     assert fake.moved == [("IndexIVFFlat", 0), ("IndexIVFFlat", 0)] and not fake.kept
     small = CatalogIndex.build(vectors[:100], ids[:100], cats[:100], cfg)
     assert set(small.shard_kinds().values()) == {"GpuIndexFlatIP"}
-    assert CatalogIndex.build(vectors, ids, cats, IndexConfig(exact_below=200, approximate="hnsw"))
+    hnsw = IndexConfig(exact_below=200, approximate="hnsw", target_recall=None)
+    assert set(CatalogIndex.build(vectors, ids, cats, hnsw).shard_kinds().values()) == {
+        "IndexHNSWFlat"
+    }
 
 
 def test_hnsw_shards_stay_on_the_cpu_and_still_answer(monkeypatch):
@@ -185,5 +188,7 @@ def test_gpu_shard_neighbours_match_the_cpu_shard():
     assert gpu.on_gpu
     queries = vectors[:200]
     assert _hits(gpu, queries) == _hits(cpu, queries)
-    ivf = CatalogIndex.build(vectors, ids, cats, IndexConfig(exact_below=1000), device="cuda")
+    ivf = CatalogIndex.build(
+        vectors, ids, cats, IndexConfig(exact_below=1000, target_recall=None), device="cuda"
+    )
     assert set(ivf.shard_kinds().values()) == {"GpuIndexIVFFlat"}

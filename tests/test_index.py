@@ -106,7 +106,8 @@ def test_approximate_recall_on_clustered_data(kind):
 def test_auto_kind_uses_exact_below_threshold():
     vectors, ids, _ = _catalog(300, seed=9)
     cats = np.array([0] * 250 + [1] * 50)
-    index = CatalogIndex.build(vectors, ids, cats, IndexConfig(exact_below=100, approximate="hnsw"))
+    cfg = IndexConfig(exact_below=100, approximate="hnsw", target_recall=None)  # not calibrated
+    index = CatalogIndex.build(vectors, ids, cats, cfg)
     assert index.shard_kinds() == {CATEGORIES[0]: "IndexHNSWFlat", CATEGORIES[1]: "IndexFlatIP"}
 
 

@@ -4,16 +4,24 @@ Items are split into one faiss index per category (a "shard"). A category filter
 exactly the right items whatever the index kind: a filtered search on a single IVF or HNSW index
 only post-filters the candidates it happened to visit, and can come back short for a rare
 category. An unfiltered search queries every shard and merges, which is exact for exact shards
-and as good as the shards otherwise. Each shard is an exact `IndexFlatIP` below
-`IndexConfig.exact_below` items and IVF or HNSW above; vectors are L2-normalised, so inner
-product = cosine similarity.
+and as good as the shards otherwise. Vectors are L2-normalised, so inner product = cosine
+similarity.
+
+Each shard's kind and search parameters are chosen when it is built, from its size: an exact
+`IndexFlatIP` below `IndexConfig.exact_below` items; above, an approximate shard (IVF) whose
+`nprobe` is calibrated on held-out queries until recall@10 against exact search reaches
+`IndexConfig.target_recall` (`platform.index_tuning`), kept only if it then computes at least
+`min_speedup` times fewer distances than exact search, and exact otherwise.
 
 On disk (one folder, logged as an artifact of the model version so the two never disagree):
 `ids.json` (row order), `categories.npy` (N,) category index per row, `vectors.npy` (N, D) the
 item vectors themselves (the serving layer scores catalog items from them), `meta.json` (model
 version, config, shard kinds), `index-<category>.faiss` per non-empty category, and
-`manifest.json` (model version, dim, item count, sha256 and size of every other file), checked on
-every load: a folder with a missing, truncated or swapped file is refused, never half-served.
+`manifest.json` (model version, dim, item count, sha256 and size of every other file, and per
+shard its kind, search parameters and calibration), checked on every load: a folder with a
+missing, truncated or swapped file is refused, never half-served; the recorded search parameters
+are applied to the shards it loads. Format 2 folders (before calibration) still load, with the
+parameters their shard files hold.
 """
 
 from __future__ import annotations
@@ -34,10 +42,19 @@ import faiss
 import numpy as np
 
 from outfitter.data.types import CATEGORIES
+from outfitter.platform.index_tuning import (
+    SEARCH_PARAM,
+    apply_params,
+    calibrate,
+    describe_shard,
+    search_params,
+    unreachable,
+)
 
 log = logging.getLogger(__name__)
 
-INDEX_FORMAT = 2  # 2: manifest.json with checksums
+INDEX_FORMAT = 3  # 2: manifest.json with checksums; 3: + each shard's kind, parameters, calibration
+READABLE_FORMATS = (2, 3)  # a format 2 folder loads with the parameters its shard files hold
 MANIFEST = "manifest.json"
 
 
@@ -49,18 +66,32 @@ class IndexIntegrityError(ValueError):
 class IndexConfig:
     """How the per-category shards are built and searched."""
 
-    kind: Literal["auto", "flat", "ivf", "hnsw"] = "auto"  # auto: flat below exact_below
-    exact_below: int = 50_000  # auto: a shard with fewer items is an exact IndexFlatIP
-    # The kind auto picks at or above exact_below; auto: IVF where the shards go to a GPU
-    # (faiss-gpu holds flat and IVF indexes, not HNSW), HNSW on the CPU.
+    # auto: exact below exact_below, else `approximate`, calibrated, and kept only if it pays
+    kind: Literal["auto", "flat", "ivf", "hnsw"] = "auto"
+    exact_below: int = 20_000  # auto: a shard with fewer items is an exact IndexFlatIP
+    # The kind auto tries at or above exact_below; auto = IVF, on the CPU as on a GPU (faiss-gpu
+    # has no HNSW): at 100k items it built 4-7x faster than HNSW and searched 2-4x faster
+    # (bench/index.py, both calibrated to the same recall).
     approximate: Literal["auto", "ivf", "hnsw"] = "auto"
-    nlist: int = (
-        0  # IVF inverted lists; 0 = 4 * sqrt(n), capped so each list trains on >= 39 points
-    )
-    nprobe: int = 16  # IVF lists visited per query
+    # IVF inverted lists; 0 = 4 * sqrt(n) up to max_nlist, capped so each list trains on >= 39
+    # points. max_nlist bounds k-means: over 1M points nlist 4000 takes ~15 min on 2 CPUs.
+    nlist: int = 0
+    max_nlist: int = 1024
+    nprobe: int = 16  # IVF lists visited per query when calibration is off (target_recall None)
     hnsw_m: int = 32  # HNSW graph degree
     ef_construction: int = 200  # HNSW build-time beam width
-    ef_search: int = 128  # HNSW query-time beam width (raised to k when k is larger)
+    ef_search: int = 128  # HNSW query-time beam width when calibration is off (at least k)
+    # recall@calibration_k against exact search that nprobe / efSearch are raised to reach, on
+    # calibration_queries of the shard's own vectors held out; None: the values above, as given
+    target_recall: float | None = 0.95
+    calibration_k: int = 10
+    calibration_queries: int = 500
+    # auto: a calibrated shard must compute this many times fewer distances than exact search
+    # per query, or the shard stays exact (not worth an approximate answer)
+    min_speedup: float = 4.0
+    # an approximate shard that cannot reach target_recall: "exact" keeps it exact (a warning),
+    # "error" raises IndexCalibrationError
+    on_unreachable: Literal["exact", "error"] = "exact"
     use_gpu: bool = True  # move shards to the GPU when faiss was built with GPUs and sees one
 
     def __post_init__(self) -> None:
@@ -68,19 +99,24 @@ class IndexConfig:
             raise ValueError(f"index kind {self.kind!r}; use auto, flat, ivf or hnsw")
         if self.approximate not in ("auto", "ivf", "hnsw"):
             raise ValueError(f"approximate index kind {self.approximate!r}; use auto, ivf or hnsw")
+        if self.target_recall is not None and not 0 < self.target_recall <= 1:
+            raise ValueError(f"target_recall {self.target_recall}; must be in (0, 1], or None")
+        if self.on_unreachable not in ("exact", "error"):
+            raise ValueError(f"on_unreachable {self.on_unreachable!r}; use exact or error")
+        if self.calibration_k < 1 or self.calibration_queries < 1:
+            raise ValueError("calibration_k and calibration_queries must be >= 1")
 
     def kind_for(self, n: int, on_gpu: bool = False) -> str:
-        """The index kind of a shard of `n` items (`on_gpu`: the shards will move to a GPU)."""
+        """The index kind of a shard of `n` items (`on_gpu`: the shards will move to a GPU; auto
+        picks IVF either way, the one approximate kind faiss-gpu holds)."""
         if self.kind != "auto":
             return self.kind
         if n < self.exact_below:
             return "flat"
-        if self.approximate == "auto":
-            return "ivf" if on_gpu else "hnsw"
-        return self.approximate
+        return "ivf" if self.approximate == "auto" else self.approximate
 
     def nlist_for(self, n: int) -> int:
-        nlist = self.nlist or int(round(4 * math.sqrt(n)))
+        nlist = self.nlist or min(int(round(4 * math.sqrt(n))), self.max_nlist)
         return max(1, min(nlist, n // 39))
 
 
@@ -93,7 +129,7 @@ class Hit:
     category: int  # index into CATEGORIES
 
 
-def _build_shard(vectors: np.ndarray, kind: str, cfg: IndexConfig) -> faiss.Index:
+def _new_shard(vectors: np.ndarray, kind: str, cfg: IndexConfig) -> faiss.Index:
     """One faiss index over `vectors` (n, D); faiss ids are positions in `vectors`."""
     n, dim = vectors.shape
     if kind == "flat":
@@ -112,6 +148,40 @@ def _build_shard(vectors: np.ndarray, kind: str, cfg: IndexConfig) -> faiss.Inde
         raise AssertionError(kind)
     index.add(vectors)
     return index
+
+
+def _build_shard(
+    vectors: np.ndarray, cfg: IndexConfig, on_gpu: bool, queries: np.ndarray | None = None
+) -> tuple[faiss.Index, dict]:
+    """The shard over `vectors` (n, D) and its tuning: kind, search `params`, `calibration` (None
+    when not calibrated) and the `reason` for them, as recorded in the manifest (`queries`: the
+    calibration queries, see `index_tuning.calibrate`)."""
+    n = len(vectors)
+    kind = cfg.kind_for(n, on_gpu)
+    if kind == "flat":
+        why = f"{n} items < exact_below {cfg.exact_below}" if cfg.kind == "auto" else "kind=flat"
+        return _new_shard(vectors, "flat", cfg), _exact(None, why)
+    shard = _new_shard(vectors, kind, cfg)
+    if cfg.target_recall is None:
+        tuning = describe_shard(shard, ef_search=cfg.ef_search)
+        return shard, {**tuning, "calibration": None, "reason": "target_recall=None: as configured"}
+    tuning = calibrate(shard, kind, vectors, cfg, queries)
+    c, name = tuning["calibration"], SEARCH_PARAM[kind]
+    found = (
+        f"recall@{c['k']} {c['recall']:.3f} >= {c['target_recall']} at {name}="
+        f"{tuning['params'][name]}, {c['speedup']:.1f}x fewer distances than exact"
+    )
+    if not c["reached"]:
+        why = unreachable(kind, n, tuning, cfg.on_unreachable)
+        return _new_shard(vectors, "flat", cfg), _exact(c, why)
+    if cfg.kind == "auto" and c["speedup"] < cfg.min_speedup:
+        why = f"{kind}: {found}, below min_speedup {cfg.min_speedup}: exact"
+        return _new_shard(vectors, "flat", cfg), _exact(c, why)
+    return shard, {**tuning, "reason": f"{kind}: {found}"}
+
+
+def _exact(calibration: dict | None, reason: str) -> dict:
+    return {"kind": "flat", "params": {}, "calibration": calibration, "reason": reason}
 
 
 def _gpu_available() -> bool:
@@ -169,8 +239,13 @@ class CatalogIndex:
     shards: dict[int, faiss.Index]  # category index -> shard over rows[category]
     config: IndexConfig = field(default_factory=IndexConfig)
     meta: dict = field(default_factory=dict)
+    # category index -> the shard's kind, search `params`, `calibration` and `reason` (manifest)
+    tuning: dict[int, dict] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        for c, shard in self.shards.items():  # shards built elsewhere: what the faiss object says
+            if c not in self.tuning:
+                self.tuning[c] = describe_shard(_to_cpu(shard), ef_search=self.config.ef_search)
         self.row = {item_id: i for i, item_id in enumerate(self.ids)}
         # Shard position -> global row, per category: rows in row order, as the shards were built.
         self.rows = {c: np.flatnonzero(self.categories == c) for c in self.shards}
@@ -186,11 +261,16 @@ class CatalogIndex:
         config: IndexConfig | None = None,
         meta: dict | None = None,
         device=None,
+        calibration_queries: np.ndarray | dict[int, np.ndarray] | None = None,
     ) -> CatalogIndex:
         """Index `vectors` (N, D) of items `ids` whose category indexes are `categories`.
 
         Args:
             device: the process's torch device; the shards follow it (see `_gpu_target`).
+            calibration_queries: (Q, D) unit vectors like the ones the index will be searched
+                with, on which approximate shards are calibrated (each shard on all of them), or
+                per category index the queries of that category's searches; None (or a
+                category without any): each shard's own items, held out from their own answers.
         """
         config = config or IndexConfig()
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -200,11 +280,14 @@ class CatalogIndex:
         if vectors.size and not np.allclose(norms, 1.0, atol=1e-3):
             raise ValueError("item vectors must be L2-normalised (inner product = cosine)")
         gpu = _gpu_target(config, device)
-        shards = {}
+        shards, tuning = {}, {}
         for c in np.unique(categories).tolist():
-            part = vectors[categories == c]
-            shards[c] = _build_shard(part, config.kind_for(len(part), gpu is not None), config)
-        index = cls(list(ids), categories, vectors, shards, config, dict(meta or {}))
+            part, queries = vectors[categories == c], calibration_queries
+            if isinstance(queries, dict):
+                queries = queries.get(c)
+            shards[c], tuning[c] = _build_shard(part, config, gpu is not None, queries)
+            log.info("shard %s: %s", CATEGORIES[c], tuning[c].get("reason"))
+        index = cls(list(ids), categories, vectors, shards, config, dict(meta or {}), tuning)
         return index.maybe_to_gpu(device)
 
     def maybe_to_gpu(self, device=None) -> CatalogIndex:
@@ -231,6 +314,10 @@ class CatalogIndex:
         """Category name -> faiss index class of its shard."""
         return {CATEGORIES[c]: type(s).__name__ for c, s in sorted(self.shards.items())}
 
+    def shard_params(self) -> dict[str, dict]:
+        """Category name -> the search parameters its shard was built and tuned with."""
+        return {CATEGORIES[c]: dict(self.tuning[c]["params"]) for c in sorted(self.shards)}
+
     def save(self, folder: Path) -> Path:
         """Write the index folder (see the module docstring) crash-safely; returns it.
 
@@ -253,8 +340,15 @@ class CatalogIndex:
         (folder / "ids.json").write_text(json.dumps(self.ids))
         np.save(folder / "categories.npy", self.categories)
         np.save(folder / "vectors.npy", self.vectors)
-        for c, shard in self.shards.items():
-            faiss.write_index(_to_cpu(shard), str(folder / f"index-{CATEGORIES[c]}.faiss"))
+        shards = {}
+        for c, shard in sorted(self.shards.items()):
+            cpu = _to_cpu(shard)
+            faiss.write_index(cpu, str(folder / f"index-{CATEGORIES[c]}.faiss"))
+            shards[CATEGORIES[c]] = {
+                "faiss_class": type(cpu).__name__,
+                "n": int(cpu.ntotal),
+                **self.tuning[c],
+            }
         meta = {
             **self.meta,
             "format": INDEX_FORMAT,
@@ -272,6 +366,7 @@ class CatalogIndex:
             "dim": self.dim,
             "n_items": len(self),
             "files": files,
+            "shards": shards,
         }
         _write_synced(folder / MANIFEST, json.dumps(manifest, indent=2))
         for name in files:
@@ -310,13 +405,14 @@ class CatalogIndex:
                 f"index {folder}: {len(ids)} ids, categories {categories.shape}, vectors "
                 f"{vectors.shape}; its manifest says {n} items of {d} dims"
             )
-        shards = {}
+        shards, tuning = {}, {}
         for c in np.unique(categories).tolist():
             path = folder / f"index-{CATEGORIES[c]}.faiss"
             if path.name not in manifest["files"]:
                 raise IndexIntegrityError(f"index {folder}: no shard file {path.name}")
             shards[c] = faiss.read_index(str(path))
-        return cls(ids, categories, vectors, shards, config, meta).maybe_to_gpu()
+            tuning[c] = _recorded_tuning(folder, manifest, CATEGORIES[c], shards[c], config)
+        return cls(ids, categories, vectors, shards, config, meta, tuning).maybe_to_gpu()
 
     # ------------------------------------------------------------ search
 
@@ -331,9 +427,7 @@ class CatalogIndex:
         """Top-k of one shard: scores (Q, k') and global rows (Q, k'), -1 where short."""
         shard = self.shards[c]
         k = min(k, shard.ntotal)
-        params = None
-        if isinstance(shard, faiss.IndexHNSW):
-            params = faiss.SearchParametersHNSW(efSearch=max(self.config.ef_search, k))
+        params = search_params(shard, self.tuning[c]["params"], k)
         scores, local = shard.search(queries, k, params=params)
         rows = np.where(local >= 0, self.rows[c][np.maximum(local, 0)], -1)
         return scores, rows
@@ -389,6 +483,33 @@ class CatalogIndex:
             if len(hits) == k:
                 break
         return hits
+
+
+def _recorded_tuning(
+    folder: Path, manifest: dict, name: str, shard: faiss.Index, config: IndexConfig
+) -> dict:
+    """The tuning of shard `name` as its manifest records it, applied to `shard`; a format 2
+    manifest records none: the parameters the shard file holds (HNSW: the config's ef_search,
+    with which format 2 searched)."""
+    found = describe_shard(shard, ef_search=config.ef_search)
+    if manifest["format"] == 2:
+        return {**found, "calibration": None, "reason": "format 2 index: parameters of the file"}
+    tuning = (manifest.get("shards") or {}).get(name)
+    try:
+        recorded = tuning["kind"]
+        if recorded == found["kind"]:
+            apply_params(shard, tuning["params"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise IndexIntegrityError(
+            f"index {folder}: {MANIFEST} has no usable parameters for shard {name} ({err!r}); "
+            "rebuild it with `outfitter index build`"
+        ) from err
+    if recorded != found["kind"]:
+        raise IndexIntegrityError(
+            f"index {folder}: {MANIFEST} says shard {name} is {recorded}, its file holds a "
+            f"{type(shard).__name__}"
+        )
+    return tuning
 
 
 def _per_query(exclude: Collection[str] | Sequence[Collection[str]], n_q: int) -> list[set[str]]:
@@ -478,9 +599,10 @@ def verify_index(
         int(manifest["n_items"]), int(manifest["dim"])
     except (ValueError, KeyError, TypeError) as err:
         raise IndexIntegrityError(f"unreadable {MANIFEST} in {folder}: {err}") from err
-    if manifest.get("format") != INDEX_FORMAT:
+    if manifest.get("format") not in READABLE_FORMATS:
         raise IndexIntegrityError(
-            f"index format {manifest.get('format')} in {folder}; expected {INDEX_FORMAT}"
+            f"index format {manifest.get('format')} in {folder}; expected one of "
+            f"{READABLE_FORMATS}: rebuild it with `outfitter index build`"
         )
     for name, want in files.items():
         path = folder / name
