@@ -141,7 +141,7 @@ def main() -> None:
     p.add_argument("--outfits", type=int, default=2000)
     p.add_argument("--epochs", type=int, default=100, help="hybrid-tiny epochs (as bench/quality)")
     p.add_argument("--pretrain-epochs", type=int, default=10)
-    p.add_argument("--overrides", default="{}", help='JSON model overrides')
+    p.add_argument("--overrides", default="{}", help="JSON model overrides")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     p.add_argument("--out", type=Path, default=common.RESULTS / "retrieval.json")
     args = p.parse_args()

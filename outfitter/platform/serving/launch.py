@@ -36,6 +36,8 @@ def apply_serve_env() -> None:
 
     for key, value in SERVE_ENV.items():
         os.environ.setdefault(key, value)
+
+
 _PATH_ARGS = ("data_dir", "index_dir")
 
 
