@@ -410,7 +410,7 @@ def index_build(
     model: str = typer.Option(..., "--model", help="models:/NAME@ALIAS, models:/NAME/V, folder."),
     data: Path = typer.Option(..., "--data", help="Dataset folder (the catalog to index)."),
     out: Path | None = typer.Option(
-        None, "--out", help="Index folder (default: CHECKPOINT/index for a folder, else temp)."
+        None, "--out", help="Index folder (default: CHECKPOINT/index, or a temp one for a version)."
     ),
     kind: str = typer.Option("auto", "--kind", help="auto, flat, ivf or hnsw."),
     exact_below: int | None = typer.Option(
@@ -427,7 +427,7 @@ def index_build(
     ),
 ) -> None:
     """Build the faiss catalog index of a model version and log it to that version."""
-    import tempfile
+    import contextlib
 
     from outfitter.data import detect_format
     from outfitter.platform import registry
@@ -444,10 +444,12 @@ def index_build(
         config = IndexConfig(kind=kind, **{k: v for k, v in given.items() if v is not None})
         if out is None and resolved.version is None:
             out = Path(resolved.checkpoint_dir) / "index"  # where serving a folder looks
-        folder = out or Path(tempfile.mkdtemp(prefix="outfitter-index-"))
-        index = build_index_for_model(resolved, data, folder, config=config)
-        if resolved.version is not None:
-            registry.log_index(resolved.name, resolved.version, folder)
+        with contextlib.ExitStack() as stack:  # a temporary folder only lives until it is logged
+            tmp = None if out else stack.enter_context(registry.staging_dir(0, prefix="index-"))
+            folder = out or Path(tmp, "index")
+            index = build_index_for_model(resolved, data, folder, config=config)
+            if resolved.version is not None:
+                registry.log_index(resolved.name, resolved.version, folder)
     except _user_errors() as err:
         _fail(str(err))
     shards = ", ".join(f"{c}: {k}" for c, k in index.shard_kinds().items())

@@ -10,6 +10,7 @@ has an index tag, and that tag resolves to downloadable index files.
 from __future__ import annotations
 
 import random
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -183,3 +184,33 @@ def test_cli_promote_refuses_a_version_without_index(store, tmp_path):
     assert result.exit_code != 0
     assert "no faiss index yet" in result.output and "Traceback" not in result.output
     assert _champion_is_sound() == before
+
+
+def test_cli_index_build_of_a_version_leaves_no_temp_folder(store, tmp_path, monkeypatch):
+    """`outfitter index build --model models:/NAME/V` without --out logs the index from a
+    staging folder removed afterwards (it used to be a `mkdtemp` nobody removed)."""
+    from outfitter.cli import app
+
+    version = _new_version(store)
+    built = _index_folder(tmp_path, version)
+
+    def build(resolved, data, folder, **kwargs):  # the faiss build itself is tested elsewhere
+        assert resolved.version == version
+        shutil.copytree(built, folder, dirs_exist_ok=True)
+        return CatalogIndex.load(folder, model_version=version)
+
+    monkeypatch.setattr("outfitter.platform.index.build_index_for_model", build)
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    monkeypatch.setattr("tempfile.tempdir", None)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "polyvore_item_metadata.json").write_text("{}")
+    args = ["index", "build", "--model", f"models:/{NAME}/{version}", "--data"]
+    result = CliRunner().invoke(app, [*args, str(tmp_path / "data")])
+    assert result.exit_code == 0, result.output
+    assert f"logged to {NAME}/{version}" in result.output
+    assert list(tmp.iterdir()) == []  # nothing left behind
+    assert _champion_is_sound() != version  # logged, not promoted
+    registry.promote(NAME, version)
+    assert _champion_is_sound() == version
