@@ -29,9 +29,18 @@ def encodings(monkeypatch) -> list:
 
 @pytest.fixture
 def versions(synth_dir, tmp_path_factory):
+    """Two hybrid-tiny checkpoints (other heads, the same frozen towers)."""
     from serve_helpers import tiny_versions
 
     return tiny_versions(tmp_path_factory.getbasetemp() / "tiny-models", synth_dir)
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory) -> Path:
+    """A 40-outfit catalog (~200 items): encodings here take a fraction of a second."""
+    from outfitter.data.synth import synthesize
+
+    return synthesize(tmp_path_factory.mktemp("small"), n_outfits=40, seed=1, image_size=32)
 
 
 def _seed_feature_cache(checkpoint: Path, data_dir: Path, cache: Path) -> None:
@@ -49,44 +58,48 @@ def _seed_feature_cache(checkpoint: Path, data_dir: Path, cache: Path) -> None:
 
 
 def test_second_evaluate_and_index_build_reuse_the_vectors(
-    versions, synth_dir, tmp_path, monkeypatch, encodings
+    versions, small, tmp_path, monkeypatch, encodings
 ):
+    from outfitter.data import load_catalog
+    from outfitter.model.checkpoint import load_checkpoint
+    from outfitter.model.inputs import InputBuilder
     from outfitter.platform.evaluation import evaluate_checkpoint
-    from outfitter.platform.index import CatalogIndex, build_index_for_model
+    from outfitter.platform.index import build_index, build_index_for_model
     from outfitter.platform.registry import ResolvedModel
 
     v1 = versions[0]
     cache = tmp_path / "cache"
     monkeypatch.setenv("OUTFITTER_CACHE_DIR", str(cache))
-    _seed_feature_cache(v1, synth_dir, cache)
+    _seed_feature_cache(v1, small, cache)
 
-    first = evaluate_checkpoint(v1, synth_dir, "valid", device="cpu")
+    first = evaluate_checkpoint(v1, small, "valid", device="cpu")
     assert len(encodings) == 1
     assert len(list((cache / "vectors").iterdir())) == 1
-    again = evaluate_checkpoint(v1, synth_dir, "valid", device="cpu")
-    evaluate_checkpoint(v1, synth_dir, "test", device="cpu")
+    again = evaluate_checkpoint(v1, small, "valid", device="cpu")
     assert len(encodings) == 1, "a second evaluation of the same version encoded the catalog"
     assert again == first
 
     # the same checkpoint files elsewhere (as a registry download puts them): found by content
     copy = tmp_path / "downloaded" / "checkpoint"
     shutil.copytree(v1, copy, ignore=shutil.ignore_patterns("index"))
-    index = build_index_for_model(ResolvedModel(copy), synth_dir, device="cpu")
+    index = build_index_for_model(ResolvedModel(copy), small, device="cpu")
     assert len(encodings) == 1, "the index build encoded the catalog again"
-    reference = CatalogIndex.load(v1 / "index")  # built by `build_index`, encoding directly
+
+    model, _, _ = load_checkpoint(v1)
+    reference = build_index(model, InputBuilder.for_model(model, load_catalog(small)))
     assert index.ids == reference.ids
     np.testing.assert_allclose(index.vectors, reference.vectors, atol=1e-5)
 
 
 def test_another_checkpoint_catalog_or_encoding_is_encoded_again(
-    versions, synth_dir, tmp_path, monkeypatch, encodings
+    versions, small, tmp_path, monkeypatch, encodings
 ):
     from outfitter.platform import vectors
     from outfitter.platform.vectors import open_checkpoint
 
     monkeypatch.setenv("OUTFITTER_CACHE_DIR", str(tmp_path / "cache"))
     data = tmp_path / "catalog"
-    shutil.copytree(synth_dir, data)
+    shutil.copytree(small, data)
 
     def open_(checkpoint):  # features from the checkpoint's towers in this process, no Ray Data
         return open_checkpoint(checkpoint, data, device="cpu", embed_on_ray=False)
@@ -100,11 +113,10 @@ def test_another_checkpoint_catalog_or_encoding_is_encoded_again(
     other = open_(v2).item_vectors()  # other weights
     assert len(encodings) == 2 and not np.allclose(other, base)
 
-    monkeypatch.setattr(vectors, "ENCODING", vectors.ENCODING + 1)  # other input code
-    open_(v1).item_vectors()
+    with monkeypatch.context() as mp:
+        mp.setattr(vectors, "ENCODING", vectors.ENCODING + 1)  # other input code
+        open_(v1).item_vectors()
     assert len(encodings) == 3
-    monkeypatch.undo()
-    monkeypatch.setenv("OUTFITTER_CACHE_DIR", str(tmp_path / "cache"))
 
     # another catalog content: one item's title changes, so does its vector (and only its)
     meta_file = data / "polyvore_item_metadata.json"
@@ -118,16 +130,14 @@ def test_another_checkpoint_catalog_or_encoding_is_encoded_again(
     np.testing.assert_allclose(changed[1:], base[1:], atol=1e-5)
 
 
-def test_unusable_cache_entry_is_encoded_again(
-    versions, synth_dir, tmp_path, monkeypatch, encodings
-):
+def test_unusable_cache_entry_is_encoded_again(versions, small, tmp_path, monkeypatch, encodings):
     from outfitter.platform.vectors import open_checkpoint
 
     monkeypatch.setenv("OUTFITTER_CACHE_DIR", str(tmp_path / "cache"))
-    opened = open_checkpoint(versions[0], synth_dir, device="cpu", embed_on_ray=False)
+    opened = open_checkpoint(versions[0], small, device="cpu", embed_on_ray=False)
     base = opened.item_vectors()
     (opened.vector_folder / "vectors.npy").write_bytes(b"truncated")
-    again = open_checkpoint(versions[0], synth_dir, device="cpu", embed_on_ray=False)
+    again = open_checkpoint(versions[0], small, device="cpu", embed_on_ray=False)
     np.testing.assert_allclose(again.item_vectors(), base, atol=1e-6)
     assert len(encodings) == 2
     assert np.load(again.vector_folder / "vectors.npy").shape == base.shape  # rewritten whole
