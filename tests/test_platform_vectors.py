@@ -141,3 +141,18 @@ def test_unusable_cache_entry_is_encoded_again(versions, small, tmp_path, monkey
     np.testing.assert_allclose(again.item_vectors(), base, atol=1e-6)
     assert len(encodings) == 2
     assert np.load(again.vector_folder / "vectors.npy").shape == base.shape  # rewritten whole
+
+
+def test_embedding_actor_pool_is_sized_from_the_free_resources(monkeypatch):
+    """One Ray Data actor per free CPU (per free GPU on a GPU cluster), at most one per block."""
+    import ray
+
+    from outfitter.platform.embed import actor_pool_size
+
+    free = {"CPU": 8.0, "GPU": 2.0}
+    monkeypatch.setattr(ray, "available_resources", lambda: free)
+    assert actor_pool_size(False, n_blocks=64) == 8
+    assert actor_pool_size(True, n_blocks=64) == 2
+    assert actor_pool_size(False, n_blocks=3) == 3  # a small catalog: no idle actors
+    free.update(CPU=0.5)  # everything held (a Serve app): one actor, which waits for a CPU
+    assert actor_pool_size(False, n_blocks=64) == 1
