@@ -101,7 +101,7 @@ class OpenedCheckpoint:
             else:
                 self._vectors = self._encode()
                 _write_vectors(
-                    self.vector_folder, self.catalog.item_ids, self._vectors, self.meta_of()
+                    self.vector_folder, self.catalog.item_ids, self._vectors, self._cache_meta()
                 )
                 _evict(self.vector_folder)
         return self._vectors
@@ -112,7 +112,7 @@ class OpenedCheckpoint:
 
         return torch.from_numpy(self.item_vectors()).to(self.device)
 
-    def meta_of(self) -> dict:
+    def _cache_meta(self) -> dict:
         """What a cache entry records of the vectors it holds."""
         return {
             "key": self.vector_key,
