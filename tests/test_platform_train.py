@@ -35,8 +35,32 @@ def _settings(tmp_path: Path, name: str, **kw) -> TrainSettings:
 
 
 @pytest.fixture(scope="module")
-def trained(ray_session, synth_dir, tmp_path_factory, monkeypatch_module):
-    """One tiny 2-worker training run registered in a local sqlite MLflow store."""
+def driver_calls(monkeypatch_module) -> dict:
+    """Calls made in this (driver) process to the costly steps of a model version's use: opening
+    a checkpoint, encoding the catalog, downloading a version from MLflow."""
+    import outfitter.model.checkpoint as checkpoint
+    import outfitter.model.evaluate as evaluate
+    import outfitter.platform.registry as registry
+
+    calls = {"load_checkpoint": 0, "encode_catalog": 0, "_download": 0}
+    for module in (checkpoint, evaluate, registry):
+        for name in calls:
+            real = getattr(module, name, None)
+            if real is None:
+                continue
+
+            def counted(*args, _real=real, _name=name, **kwargs):
+                calls[_name] += 1
+                return _real(*args, **kwargs)
+
+            monkeypatch_module.setattr(module, name, counted)
+    return calls
+
+
+@pytest.fixture(scope="module")
+def trained(ray_session, synth_dir, tmp_path_factory, monkeypatch_module, driver_calls):
+    """One tiny 2-worker training run registered in a local sqlite MLflow store (and promoted,
+    its index built and logged); `driver_calls` after it, in `work/driver_calls.json`."""
     from outfitter.platform.runs import train_and_register
 
     work = tmp_path_factory.mktemp("train")
@@ -47,7 +71,9 @@ def trained(ray_session, synth_dir, tmp_path_factory, monkeypatch_module):
         _settings(work, "two-workers", workers=2),
         workdir=work,
         overrides=TINY,
+        promote_if_better=True,
     )
+    (work / "driver_calls.json").write_text(json.dumps(driver_calls))
     return work, outcome
 
 
@@ -75,14 +101,25 @@ def test_two_worker_run_registers_a_challenger(trained):
     )
 
 
-def test_evaluate_reproduces_validation_numbers(trained, synth_dir):
+def test_a_run_opens_its_best_checkpoint_once_and_encodes_the_catalog_once(trained):
+    """Evaluation of both splits, plots, the index and promotion share one opened checkpoint."""
+    work, outcome = trained
+    calls = json.loads((work / "driver_calls.json").read_text())
+    assert outcome.promoted
+    assert calls == {"load_checkpoint": 1, "encode_catalog": 1, "_download": 0}, calls
+
+
+def test_evaluate_reproduces_validation_numbers(trained, synth_dir, driver_calls):
     from outfitter.platform.evaluation import evaluate_model
 
     work, outcome = trained
+    encoded = driver_calls["encode_catalog"]
     result = evaluate_model("models:/outfitter@challenger", synth_dir, "valid", workdir=work)
     assert result["model_version"] == outcome.model_version
     for key in ("compatibility_auc", "fitb_accuracy", "recall_at_10"):
         assert result[key] == pytest.approx(outcome.valid[key], abs=1e-6)
+    # the downloaded version finds the vectors its training run encoded
+    assert driver_calls["encode_catalog"] == encoded
 
 
 def test_rerunning_a_finished_run_name_is_refused(trained, synth_dir):

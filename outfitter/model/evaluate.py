@@ -17,7 +17,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -29,16 +29,42 @@ from outfitter.model.retrieval import query_vectors, search_mask
 
 
 @torch.no_grad()
-def encode_catalog(model, builder, ids: Sequence[str], batch_size: int = 256) -> torch.Tensor:
-    """Item vectors (M, D) of `ids`, in eval mode."""
+def encode_catalog(
+    model,
+    builder,
+    ids: Sequence[str],
+    batch_size: int = 256,
+    progress: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """Item vectors (M, D) of `ids`, float32 on the model's device, in eval mode.
+
+    The one definition of encoding catalog items: evaluation, plots, the index and serving all
+    read vectors made here (`platform.vectors` caches them per model version and catalog).
+
+    Args:
+        progress: called with the number of items of each encoded batch (a progress bar).
+    """
     model.eval()
     device = next(model.parameters()).device
     chunks = []
     for i in range(0, len(ids), batch_size):
-        inputs = builder.item_inputs(ids[i : i + batch_size])
-        inputs = {k: v.to(device) for k, v in inputs.items()}
-        chunks.append(model.encode_items(inputs).float())
+        chunk = list(ids[i : i + batch_size])
+        inputs = {k: v.to(device) for k, v in builder.item_inputs(chunk).items()}
+        chunks.append(model.encode_items(inputs).float())  # (b, D)
+        if progress is not None:
+            progress(len(chunk))
     return torch.cat(chunks)
+
+
+def vectors_or_encode(model, builder, ids: Sequence[str], vecs) -> torch.Tensor:
+    """`vecs` (the catalog's item vectors, computed once elsewhere) on the model's device, else
+    the catalog encoded now."""
+    if vecs is None:
+        return encode_catalog(model, builder, ids)
+    vecs = torch.as_tensor(vecs, dtype=torch.float32)
+    if vecs.ndim != 2 or len(vecs) != len(ids):
+        raise ValueError(f"item vectors {tuple(vecs.shape)} for a catalog of {len(ids)} items")
+    return vecs.to(next(model.parameters()).device)
 
 
 def _pad(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,12 +133,16 @@ def evaluate(
     batch_size: int = 64,
     recall_k: int = 10,
     seed: int = 0,
+    vecs=None,
 ) -> dict:
-    """Metrics of `model` on `split` (see the module docstring); NaN where a task is absent."""
+    """Metrics of `model` on `split` (see the module docstring); NaN where a task is absent.
+
+    `vecs`: the catalog's item vectors (M, D) in `catalog.item_ids` order, when already computed.
+    """
     model.eval()
     ids = catalog.item_ids
     row = {item_id: r for r, item_id in enumerate(ids)}
-    vecs = encode_catalog(model, builder, ids)  # (M, D)
+    vecs = vectors_or_encode(model, builder, ids, vecs)  # (M, D)
     result: dict = {"n_compat": len(split.compatibility), "n_fitb": len(split.fitb)}
 
     result["compatibility_auc"] = float("nan")

@@ -20,7 +20,7 @@ import torch
 
 from outfitter.data.types import Catalog, Split
 from outfitter.model import metrics
-from outfitter.model.evaluate import encode_catalog
+from outfitter.model.evaluate import vectors_or_encode
 
 HIT_KS = (1, 5, 10)
 
@@ -42,13 +42,14 @@ def ranks(scores: list[np.ndarray], correct: list[int]) -> np.ndarray:
 
 
 def evaluate_pairs(
-    model, builder, split: Split, catalog: Catalog, *, batch_size: int = 1024
+    model, builder, split: Split, catalog: Catalog, *, batch_size: int = 1024, vecs=None
 ) -> dict:
-    """Pair AUC, hit@k and MRR of `model` on a pair split (module docstring)."""
+    """Pair AUC, hit@k and MRR of `model` on a pair split (module docstring); `vecs`: the
+    catalog's item vectors when already computed."""
     model.eval()
     ids = catalog.item_ids
     row = {item_id: r for r, item_id in enumerate(ids)}
-    vecs = encode_catalog(model, builder, ids)  # (M, D)
+    vecs = vectors_or_encode(model, builder, ids, vecs)  # (M, D)
     result: dict = {
         "n_pairs": sum(q.label for q in split.compatibility),
         "n_negatives": sum(1 - q.label for q in split.compatibility),
@@ -77,11 +78,12 @@ def evaluate_pairs(
     return result
 
 
-def evaluate_split(model, builder, split: Split, catalog: Catalog) -> dict:
+def evaluate_split(model, builder, split: Split, catalog: Catalog, *, vecs=None) -> dict:
     """The metrics of the split's kind: pair metrics for a pair split (it carries `pairs`),
-    outfit metrics (`evaluate.evaluate`: AUC, FITB, retrieval) otherwise."""
+    outfit metrics (`evaluate.evaluate`: AUC, FITB, retrieval) otherwise. `vecs`: the catalog's
+    item vectors (M, D) when already computed (encoded here otherwise)."""
     if split.pairs:
-        return evaluate_pairs(model, builder, split, catalog)
+        return evaluate_pairs(model, builder, split, catalog, vecs=vecs)
     from outfitter.model.evaluate import evaluate
 
-    return evaluate(model, builder, split, catalog)
+    return evaluate(model, builder, split, catalog, vecs=vecs)

@@ -2,7 +2,8 @@
 
 `embed_catalog` reads the catalog's (item id, image path, text) rows into a Ray Dataset and runs
 `TowerEmbedder` actors with `map_batches`: GPU actors (`num_gpus=1` each) when the cluster has
-GPUs, CPU actors otherwise. The result is a `FeatureTable` keyed by item id, saved under a cache
+GPUs, CPU actors (`num_cpus=1` each) otherwise, as many as the cluster has of them free
+(`actor_pool_size`). The result is a `FeatureTable` keyed by item id, saved under a cache
 key made of the catalog's content stamp and the towers' fingerprint, so re-running on an
 unchanged catalog and tower reuses it instead of recomputing.
 """
@@ -79,6 +80,17 @@ class TowerEmbedder:
         return {"item_id": batch["item_id"], "image": list(image), "text_feat": list(text)}
 
 
+def actor_pool_size(use_gpu: bool, n_blocks: int) -> int:
+    """Embedding actors for the cluster as it is now: one per GPU, else one per CPU (each actor
+    runs its towers on one thread), counting what is free (a Serve app or a Train run may hold
+    some) and never more than there are blocks to embed; at least one."""
+    import ray
+
+    resource = "GPU" if use_gpu else "CPU"
+    free = ray.available_resources().get(resource, 0)
+    return max(1, min(int(free), n_blocks))
+
+
 def embed_catalog(
     catalog: Catalog,
     clip_cfg: ClipCfg,
@@ -103,21 +115,20 @@ def embed_catalog(
     if not ray.is_initialized():
         ray.init(include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().print_on_execution_start = False
-    gpus = ray.cluster_resources().get("GPU", 0)
-    use_gpu = bool(gpus) if use_gpu is None else use_gpu
-    if actors is None:
-        actors = int(gpus) if use_gpu else max(1, int(ray.cluster_resources().get("CPU", 1)) - 1)
+    use_gpu = bool(ray.cluster_resources().get("GPU", 0)) if use_gpu is None else use_gpu
     ids = catalog.item_ids
     rows = [
         {"item_id": i, "image_path": str(catalog.image_path(i)), "text": catalog.items[i].text}
         for i in ids
     ]
-    ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // batch_size, 64)))
+    n_blocks = max(1, min(len(rows) // batch_size, 64))
+    actors = actors or actor_pool_size(use_gpu, n_blocks)
+    ds = ray.data.from_items(rows, override_num_blocks=n_blocks)
     embedded = ds.map_batches(
         TowerEmbedder,
         fn_constructor_kwargs={"clip_cfg": clip_cfg.__dict__, "use_gpu": use_gpu},
         batch_size=batch_size,
-        compute=ray.data.ActorPoolStrategy(size=actors),
+        concurrency=actors,  # a fixed pool of `actors` TowerEmbedder actors
         num_gpus=1 if use_gpu else 0,
         num_cpus=0 if use_gpu else 1,
         batch_format="numpy",

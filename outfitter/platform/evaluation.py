@@ -29,31 +29,33 @@ def evaluate_checkpoint(
         features: cached tower features of the catalog; embedded (cached) when needed and absent.
         device: where the model (and the towers of target texts) run (`resolve_device`).
     """
+    from outfitter.platform.vectors import open_checkpoint
+
+    opened = open_checkpoint(
+        checkpoint_dir, data_dir, data_format=data_format, features=features, device=device,
+        cache_dir=cache_dir,
+    )  # fmt: skip
+    return evaluate_opened(opened, split, version=version)
+
+
+def evaluate_opened(opened, split: str = "test", *, version: str | None = None) -> dict:
+    """`evaluate_checkpoint` of an opened checkpoint (`platform.vectors`): its catalog vectors
+    are encoded once, whichever splits are evaluated."""
     import torch
 
-    from outfitter.data import load_catalog, load_split
-    from outfitter.model.checkpoint import load_checkpoint
-    from outfitter.model.device import resolve_device
+    from outfitter.data import load_split
     from outfitter.model.evaluate_pairs import evaluate_split
-    from outfitter.model.inputs import InputBuilder
 
-    model, cfg, meta = load_checkpoint(Path(checkpoint_dir), map_location=resolve_device(device))
-    version = version or meta.get("settings", {}).get("version", "nondisjoint")
-    catalog = load_catalog(Path(data_dir), data_format)
-    data = load_split(Path(data_dir), version, split, catalog, data_format)
+    version = version or opened.meta.get("settings", {}).get("version", "nondisjoint")
+    data = load_split(opened.data_dir, version, split, opened.catalog, opened.data_format)
     if not data.compatibility and not data.fitb:
         raise ValueError(
-            f"{data_dir}/{version} has no compatibility or FITB task file for split {split!r}; "
-            "evaluate on 'valid' or 'test'"
+            f"{opened.data_dir}/{version} has no compatibility or FITB task file for split "
+            f"{split!r}; evaluate on 'valid' or 'test'"
         )
-    if cfg.input_kind == "features" and features is None:
-        from outfitter.platform.embed import embed_catalog
-
-        features, _, _ = embed_catalog(catalog, cfg.clip, cache_dir=cache_dir)
-    builder = InputBuilder.for_model(model, catalog, features)
-    model.eval()
+    vecs = opened.item_vectors_tensor()  # (M, D)
     with torch.no_grad():
-        metrics = evaluate_split(model, builder, data, catalog)
+        metrics = evaluate_split(opened.model, opened.builder, data, opened.catalog, vecs=vecs)
     return {k: (float(v) if isinstance(v, float) else v) for k, v in metrics.items()}
 
 

@@ -631,25 +631,6 @@ def verify_index(
 # ---------------------------------------------------------------- building from a model version
 
 
-def catalog_vectors(
-    model, builder, ids: Sequence[str], *, batch_size: int = 256, device=None
-) -> np.ndarray:
-    """Item vectors (N, D) of catalog items `ids`, encoded in batches with a progress bar."""
-    import torch
-    from rich.progress import Progress
-
-    device = device or next(model.parameters()).device
-    out = []
-    with torch.no_grad(), Progress(transient=True) as progress:
-        task = progress.add_task("encoding catalog items", total=len(ids))
-        for start in range(0, len(ids), batch_size):
-            chunk = list(ids[start : start + batch_size])
-            inputs = {k: v.to(device) for k, v in builder.item_inputs(chunk).items()}
-            out.append(model.encode_items(inputs).float().cpu().numpy())  # (b, D)
-            progress.advance(task, len(chunk))
-    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
-
-
 def build_index(
     model,
     builder,
@@ -660,10 +641,12 @@ def build_index(
     device=None,
 ) -> CatalogIndex:
     """The index of every item of `builder.catalog` under `model` (an OutfitModel in eval mode)."""
+    from outfitter.model.evaluate import encode_catalog
+
     catalog = builder.catalog
     ids = catalog.item_ids
     device = device or next(model.parameters()).device
-    vectors = catalog_vectors(model, builder, ids, batch_size=batch_size, device=device)
+    vectors = encode_catalog(model, builder, ids, batch_size).cpu().numpy()  # (N, D)
     categories = [catalog.items[i].category_index for i in ids]
     return CatalogIndex.build(vectors, ids, categories, config, meta, device=device)
 
@@ -675,8 +658,8 @@ def build_index_for_model(
     *,
     config: IndexConfig | None = None,
     features=None,
-    batch_size: int = 256,
     device: str = "auto",
+    opened=None,
 ) -> CatalogIndex:
     """Build (and save to `out_dir`) the catalog index of a resolved model version.
 
@@ -685,29 +668,28 @@ def build_index_for_model(
         features: the catalog's cached tower features; for a model that reads features and none
             are given, they come from the embedding cache (`platform.embed`, Ray Data).
         device: where the model encodes the catalog and the shards live (`resolve_device`).
+        opened: `resolved`'s checkpoint already opened on this catalog (`platform.vectors`); its
+            item vectors are reused (they are cached per model version and catalog anyway).
     """
-    from outfitter.data import load_catalog
-    from outfitter.model.checkpoint import load_checkpoint
-    from outfitter.model.device import resolve_device
-    from outfitter.model.inputs import InputBuilder
+    from outfitter.platform.vectors import open_checkpoint
 
-    catalog = load_catalog(Path(data_dir))
-    device = resolve_device(device)
-    model, cfg, _ = load_checkpoint(resolved.checkpoint_dir, map_location=device)
-    model.eval()
-    if features is None and cfg.input_kind == "features":
-        from outfitter.platform.embed import embed_catalog
-
-        features, _, _ = embed_catalog(catalog, cfg.clip)
-    builder = InputBuilder.for_model(model, catalog, features)
+    if opened is None:
+        opened = open_checkpoint(
+            resolved.checkpoint_dir, data_dir, features=features, device=device
+        )
+    catalog = opened.catalog
+    ids = catalog.item_ids
     meta = {
         "model_name": resolved.name,
         "model_version": resolved.version,
-        "model_config": cfg.name,
+        "model_config": opened.cfg.name,
         "checkpoint": str(resolved.checkpoint_dir),
         "data_dir": str(Path(data_dir).resolve()),
     }
-    index = build_index(model, builder, config=config, meta=meta, batch_size=batch_size)
+    categories = [catalog.items[i].category_index for i in ids]
+    index = CatalogIndex.build(
+        opened.item_vectors(), ids, categories, config, meta, device=opened.device
+    )
     if out_dir is not None:
         index.save(Path(out_dir))
     return index

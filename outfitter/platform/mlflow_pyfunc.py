@@ -17,24 +17,25 @@ class OutfitterPyfunc(PythonModel):
     def load_context(self, context):
         from pathlib import Path
 
-        from outfitter.data import load_catalog
-        from outfitter.model.checkpoint import load_checkpoint
-        from outfitter.model.inputs import InputBuilder
+        from outfitter.platform.vectors import open_checkpoint
 
         data_dir = (context.model_config or {}).get("data_dir")
         if not data_dir:
             raise ValueError(
                 "this model needs model_config={'data_dir': CATALOG} to resolve item ids"
             )
-        self.model, self.cfg, _ = load_checkpoint(Path(context.artifacts["checkpoint"]))
-        self.catalog = load_catalog(Path(data_dir))
-        self.builder = InputBuilder.for_model(self.model, self.catalog)
+        self.opened = open_checkpoint(
+            Path(context.artifacts["checkpoint"]), Path(data_dir), device="cpu"
+        )
+        self.model, self.cfg, self.catalog = self.opened.model, self.opened.cfg, self.opened.catalog
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> list[float]:
         """`model_input`: a DataFrame with an `item_ids` column (a list of ids per row) →
-        compatibility probabilities, one per row."""
+        compatibility probabilities, one per row. Only the items named are encoded (features
+        of a frozen-tower model computed for them alone), not the whole catalog."""
         import torch
 
+        from outfitter.model.evaluate import encode_catalog
         from outfitter.model.towers import compute_features
 
         outfits = [[str(i) for i in ids] for ids in model_input["item_ids"]]
@@ -42,11 +43,12 @@ class OutfitterPyfunc(PythonModel):
         unknown = [i for i in ids if i not in self.catalog.items]
         if unknown:
             raise ValueError(f"unknown item ids: {unknown[:10]}")
+        builder = self.opened.builder
         if self.cfg.input_kind == "features":
-            self.builder._features = compute_features(self.builder.towers, self.catalog, ids)
+            builder._features = compute_features(builder.towers, self.catalog, ids)
         position = {i: p for p, i in enumerate(ids)}
         with torch.no_grad():
-            vecs = self.model.encode_items(self.builder.item_inputs(ids))  # (U, D)
+            vecs = encode_catalog(self.model, builder, ids)  # (U, D)
             scores = []
             for outfit in outfits:
                 items = vecs[torch.tensor([position[i] for i in outfit])][None]  # (1, N, D)

@@ -115,26 +115,24 @@ def fitb_grid(catalog, questions, scores, out: Path, n: int = 6) -> Path:
     return path
 
 
-def training_plots(
-    history, checkpoint_dir: Path, data_dir: Path, version: str, out: Path, *, features=None
-) -> list[Path]:
-    """All plots of a finished run (curves, ROC, FITB grid) into `out`."""
+def training_plots(history, opened, version: str, out: Path) -> list[Path]:
+    """All plots of a finished run (curves, ROC, FITB grid) into `out`.
+
+    Args:
+        opened: the run's best checkpoint, opened on its catalog (`platform.vectors`); its
+            catalog vectors are the ones the final evaluation read.
+    """
     import torch
 
-    from outfitter.data import load_catalog, load_split
-    from outfitter.model.checkpoint import load_checkpoint
-    from outfitter.model.evaluate import encode_catalog
-    from outfitter.model.inputs import InputBuilder
+    from outfitter.data import load_split
 
     out.mkdir(parents=True, exist_ok=True)
     paths = [training_curves(history, out)] if history else []
-    model, _, _ = load_checkpoint(checkpoint_dir)
-    catalog = load_catalog(data_dir)
-    split = load_split(data_dir, version, "valid", catalog)
-    builder = InputBuilder.for_model(model, catalog, features)
+    model, catalog = opened.model, opened.catalog
+    split = load_split(opened.data_dir, version, "valid", catalog, opened.data_format)
     row = {item_id: r for r, item_id in enumerate(catalog.item_ids)}
     with torch.no_grad():
-        vecs = encode_catalog(model, builder, catalog.item_ids)
+        vecs = opened.item_vectors_tensor()  # (M, D)
         if split.compatibility:
             scores = [
                 _score(model, vecs, [row[i] for i in q.item_ids]) for q in split.compatibility
@@ -156,6 +154,6 @@ def _score(model, vecs, rows: list[int]) -> float:
     """Compatibility logit of one outfit given the catalog's item vectors."""
     import torch
 
-    items = vecs[torch.tensor(rows)][None]  # (1, N, D)
-    mask = torch.ones(1, len(rows), dtype=torch.bool)
+    items = vecs[torch.tensor(rows, device=vecs.device)][None]  # (1, N, D)
+    mask = torch.ones(1, len(rows), dtype=torch.bool, device=vecs.device)
     return float(model.compatibility_logits(items, mask)[0])

@@ -166,6 +166,7 @@ def train_and_register(
     from outfitter.model import load_config
     from outfitter.platform import registry
     from outfitter.platform.train import _storage_path, best_checkpoint_dir, build_trainer
+    from outfitter.platform.vectors import open_checkpoint
 
     _storage_path(settings.storage_path)  # pre-flight: unwritable or full storage fails first
     tracking_uri = registry.configure_tracking(workdir)
@@ -185,10 +186,16 @@ def train_and_register(
             result = build_trainer(config, settings).fit()
         best = best_checkpoint_dir(result, settings)
         history = _history(run_id)
-        valid, test = _final_evaluation(best, inputs, settings.version)
+        # Opened once: evaluation, plots and the promotion's index read one model and one set
+        # of catalog vectors (cached for `outfitter evaluate`/`index build` of this version).
+        opened = open_checkpoint(
+            best, inputs["data_dir"], data_format=inputs.get("data_format"),
+            features=inputs["features"], cache_dir=cache_dir,
+        )  # fmt: skip
+        valid, test = _final_evaluation(opened, settings.version)
         mlflow.log_metrics({f"best_valid_{k}": v for k, v in valid.items() if _is_num(v)})
         mlflow.log_metrics({f"test_{k}": v for k, v in test.items() if _is_num(v)})
-        _log_plots(history, best, inputs, settings.version)
+        _log_plots(history, opened, settings.version)
         info = registry.log_checkpoint_model(best, data_dir=inputs["data_dir"])
         version = registry.register_model(
             info.model_uri,
@@ -198,20 +205,22 @@ def train_and_register(
         )
     outcome = TrainOutcome(run_id, version, model_name, best, valid, test, history)
     if promote_if_better:
-        outcome.promoted = _promote_after_index(model_name, version, inputs, settings)
+        outcome.promoted = _promote_after_index(model_name, version, opened, settings)
     return outcome
 
 
-def _promote_after_index(
-    model_name: str, version: str, inputs: dict, settings: TrainSettings
-) -> bool:
-    """Build and log the version's index, then move `champion` if the version is better."""
+def _promote_after_index(model_name: str, version: str, opened, settings: TrainSettings) -> bool:
+    """Build and log the version's index, then move `champion` if the version is better.
+
+    The index is built from `opened`, the local checkpoint the version was logged from, and its
+    catalog vectors: nothing is downloaded back from MLflow and nothing is encoded again.
+    """
     from outfitter.platform import registry
     from outfitter.platform.index import build_index_for_model
 
-    resolved = registry.resolve_model(f"models:/{model_name}/{version}")
+    resolved = registry.ResolvedModel(opened.folder, name=model_name, version=str(version))
     with tempfile.TemporaryDirectory() as tmp:
-        build_index_for_model(resolved, Path(inputs["data_dir"]), Path(tmp) / "index")
+        build_index_for_model(resolved, opened.data_dir, Path(tmp) / "index", opened=opened)
         registry.log_index(model_name, version, Path(tmp) / "index")
     return registry.promote_if_better(
         model_name, version, f"best_{settings.monitor}", mode=settings.monitor_mode
@@ -261,42 +270,20 @@ def _history(run_id: str) -> list[dict]:
     return [r for _, r in sorted(reports.items()) if "epoch" in r]
 
 
-def _final_evaluation(checkpoint_dir: Path, inputs: dict, version: str) -> tuple[dict, dict]:
+def _final_evaluation(opened, version: str) -> tuple[dict, dict]:
     """Valid and test metrics of the best checkpoint, computed the way `outfitter evaluate` does."""
-    from outfitter.platform.evaluation import evaluate_checkpoint
+    from outfitter.platform.evaluation import evaluate_opened
 
-    valid = evaluate_checkpoint(
-        checkpoint_dir,
-        Path(inputs["data_dir"]),
-        "valid",
-        version=version,
-        features=inputs["features"],
-        data_format=inputs.get("data_format"),
+    return evaluate_opened(opened, "valid", version=version), evaluate_opened(
+        opened, "test", version=version
     )
-    test = evaluate_checkpoint(
-        checkpoint_dir,
-        Path(inputs["data_dir"]),
-        "test",
-        version=version,
-        features=inputs["features"],
-        data_format=inputs.get("data_format"),
-    )
-    return valid, test
 
 
-def _log_plots(history: list, checkpoint_dir: Path, inputs: dict, version: str) -> None:
+def _log_plots(history: list, opened, version: str) -> None:
     import mlflow
 
     from outfitter.platform import plots
 
     with tempfile.TemporaryDirectory() as tmp:
-        paths = plots.training_plots(
-            history,
-            checkpoint_dir,
-            Path(inputs["data_dir"]),
-            version,
-            Path(tmp),
-            features=inputs["features"],
-        )
-        for path in paths:
+        for path in plots.training_plots(history, opened, version, Path(tmp)):
             mlflow.log_artifact(str(path), artifact_path="plots")

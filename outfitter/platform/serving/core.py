@@ -21,7 +21,6 @@ import numpy as np
 import torch
 
 from outfitter.data.types import CATEGORIES, Catalog
-from outfitter.model.device import resolve_device
 from outfitter.model.retrieval import TargetPlan, query_vectors
 from outfitter.platform.index import CatalogIndex, Hit
 from outfitter.platform.serving.service import Member, NewItem, VersionSkew
@@ -75,11 +74,11 @@ def load_state(
     """Load model version `model_uri`: weights, input builder over the catalog, faiss index.
 
     The index comes from `index_dir`, else the one logged for the registry version, else the
-    `index/` folder of a local checkpoint; failing all three it is built here (logged warning).
+    `index/` folder of a local checkpoint; failing all three it is built here (logged warning)
+    from the version's catalog vectors (`platform.vectors`: encoded once, then cached).
     """
-    from outfitter.data import load_catalog
-    from outfitter.model.inputs import InputBuilder
     from outfitter.platform import registry
+    from outfitter.platform.vectors import open_checkpoint
 
     if tracking_uri:
         os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
@@ -87,31 +86,30 @@ def load_state(
         registry.configure_tracking()
     resolved = registry.resolve_model(model_uri)
     folder = _index_dir(resolved, index_dir)
-    state = _load_model(resolved, resolve_device(device))
-    state.builder = InputBuilder.for_model(state.model, catalog or load_catalog(Path(data_dir)))
+    # features a missing index needs come from this replica's towers, not a Ray Data job
+    opened = open_checkpoint(
+        resolved.checkpoint_dir, data_dir, catalog=catalog, device=device, embed_on_ray=False
+    )
+    state = ModelState(
+        resolved.version or Path(resolved.checkpoint_dir).resolve().name,
+        resolved,
+        opened.cfg,
+        opened.meta,
+        model=opened.model,
+        builder=opened.builder,
+        device=opened.device,
+        alias=resolved.alias,
+    )
     if folder is not None:
         state.index = CatalogIndex.load(folder, use_gpu=state.device.type == "cuda")
     else:
-        from outfitter.platform.index import build_index
+        from outfitter.platform.index import build_index_for_model
 
         log.warning("model %s has no index: building one in memory", state.version)
-        state.index = build_index(state.model, state.builder, device=state.device)
+        state.index = build_index_for_model(resolved, opened.data_dir, opened=opened)
     if state.cfg.kind == "hybrid":
         _ = state.builder.towers  # target descriptions' text tower: built now, not on a request
     return state
-
-
-def _load_model(resolved, device: torch.device) -> ModelState:
-    """The checkpoint's config, meta and model (eval mode, on `device`)."""
-    from outfitter.model.checkpoint import load_checkpoint
-
-    folder = Path(resolved.checkpoint_dir)
-    version = resolved.version or folder.resolve().name
-    model, cfg, meta = load_checkpoint(folder, map_location="cpu")
-    model.to(device).eval()
-    return ModelState(
-        version, resolved, cfg, dict(meta or {}), model=model, device=device, alias=resolved.alias
-    )
 
 
 def _index_dir(resolved, index_dir) -> Path | None:
