@@ -66,10 +66,16 @@ class Towers:
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
         return self.tokenizer(list(texts))  # (N, L)
 
+    def pixels(self, image) -> torch.Tensor:
+        """The tower's input (3, H, W) of a PIL image: a catalog item's and a request's alike."""
+        from outfitter.model.preprocess import rgb
+
+        return self.preprocess(rgb(image))  # (3, H, W)
+
     def load_pixels(self, path: str | Path) -> torch.Tensor:
         from outfitter.data.images import load_image
 
-        return self.preprocess(load_image(path))  # (3, H, W)
+        return self.pixels(load_image(path))  # (3, H, W)
 
     def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.model.encode_image(pixels.to(self.device), normalize=True)  # (N, D)
