@@ -20,6 +20,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 from PIL import Image
+from serve_helpers import first_of
 
 from outfitter.data import load_catalog
 from outfitter.data.features import FeatureTable
@@ -61,10 +62,7 @@ def catalog(data_dir):
 @pytest.fixture(scope="module")
 def outfit(catalog):
     """The probed top (first), a bottom and shoes."""
-    first = {}
-    for item_id in catalog.item_ids:
-        first.setdefault(catalog.items[item_id].category, item_id)
-    return [first["tops"], first["bottoms"], first["shoes"]]
+    return first_of(catalog, "tops", "bottoms", "shoes")
 
 
 def training_features(cfg, catalog) -> FeatureTable | None:
