@@ -260,23 +260,12 @@ class InputBuilder:
             )
         return out
 
-    def fitb(self, batch: dict) -> dict:
-        """Adds inputs and the blank's category prompt (answers' category) to a FITB batch."""
-        cats = batch["answer_category"].tolist()
-        return {
-            **batch,
-            "inputs": self.item_inputs(batch["ids"]),
-            "target_text": self.target_text(None, cats, None),
-        }
-
     def __call__(self, batches: dict[str, dict], *, train: bool = True) -> dict[str, dict]:
-        """Build a task batch `{"compatibility": ..., "retrieval": ..., "fitb": ...}`."""
+        """Build a task batch `{"compatibility": ..., "retrieval": ..., "triplets": ...}`."""
         out = {}
         for name, batch in batches.items():
             if name == "retrieval":
                 out[name] = self.retrieval(batch, train=train)
-            elif name == "fitb":
-                out[name] = self.fitb(batch)
             else:
                 out[name] = self.compatibility(batch)
         return out
