@@ -50,18 +50,18 @@ def _unwritable(tmp_path: Path, kind: str) -> Path:
 def test_unwritable_storage_fails_with_a_clear_error(tmp_path, kind):
     path = _unwritable(tmp_path, kind)
     with pytest.raises(PermissionError, match=r"training storage path .* is not writable .*"):
-        train._storage_path(str(path))
+        train.checked_storage_path(str(path))
 
 
 def test_full_disk_fails_with_a_clear_error(tmp_path, monkeypatch):
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(train.shutil, "disk_usage", lambda p: usage(2**30, 2**30 - 2**20, 2**20))
     with pytest.raises(PermissionError, match=r"has 1 MiB free; checkpoints need at least 512"):
-        train._storage_path(str(tmp_path / "ray_results"))
+        train.checked_storage_path(str(tmp_path / "ray_results"))
 
 
 def test_uri_storage_passes_through():
-    assert train._storage_path("s3://bucket/results") == "s3://bucket/results"
+    assert train.checked_storage_path("s3://bucket/results") == "s3://bucket/results"
 
 
 @pytest.mark.parametrize("fault", ["unwritable", "full-disk"])
