@@ -107,6 +107,12 @@ class Split:
     # triplet loss reads their weights; empty for outfit datasets (weights come from outfits).
     pairs: list[ItemPair] = field(default_factory=list)
 
+    @property
+    def item_ids(self) -> list[str]:
+        """The items of the split's outfits, sorted (of a train split: the items a model trains
+        on, its sun2020 vocabulary's source and its retrieval negatives' pool)."""
+        return sorted({i for o in self.outfits for i in o.item_ids})
+
 
 @dataclass
 class Catalog:
