@@ -171,9 +171,8 @@ def _check_towers(model_config: str, overrides: dict, data: Path, allow: bool) -
         return
     problem = (
         f"model config {cfg.name!r} reads frozen CLIP {' and '.join(untrained)} tower(s) that were "
-        f"never trained: clip.pretrained is unset, so they keep their random initialisation "
-        f"and the model learns from noise (on a synthetic catalog such a hybrid scores below "
-        f"image-only)."
+        f"never trained: clip.pretrained is unset, so they keep their random initialisation and "
+        f"the model learns from random projections of the pixels and tokens, not CLIP features."
     )
     if allow:
         typer.secho(
