@@ -41,16 +41,15 @@ def load_1m() -> float | None:
 
 
 def resolve_device(name: str) -> str:
-    """`auto` -> `cuda` when torch sees a GPU, else `cpu`; `cuda` without a GPU is an error."""
-    import torch
+    """`--device` as a device type: `auto` -> `cuda` when torch sees a GPU, else `cpu`; a GPU
+    this machine lacks exits with the library's message (`outfitter.model.device`)."""
+    from outfitter.model.device import DeviceError
+    from outfitter.model.device import resolve_device as resolve
 
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: torch sees no CUDA device on this machine; use cpu")
-    if name not in ("cpu", "cuda"):
-        raise SystemExit(f"--device {name!r}: use auto, cpu or cuda")
-    return name
+    try:
+        return resolve(name).type
+    except DeviceError as err:
+        raise SystemExit(f"--device: {err}") from None
 
 
 def _cpu_model() -> str:

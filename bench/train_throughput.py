@@ -65,7 +65,7 @@ def bare_setup(cfg, data: Path, features, *, batch_size: int, device: str, seed:
     model = build_model(cfg)
     task = build_task(model, cfg).to(device)
     builder = InputBuilder.for_model(model, catalog, features, seed=seed)
-    builder.set_negative_pool(sorted({i for o in train.outfits for i in o.item_ids}))
+    builder.set_negative_pool(train.item_ids)
     cfg = cfg.replace({"optim.batch_size": batch_size})
     datasets = make_datasets(cfg, train, catalog, seed=seed)  # what EpochRunner._loaders uses
     loaders = {

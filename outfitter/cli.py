@@ -160,6 +160,39 @@ def _parse_overrides(pairs: list[str] | None) -> dict:
     return out
 
 
+def _check_towers(model_config: str, overrides: dict, data: Path, allow: bool) -> None:
+    """Refuse (or, with `--allow-random-towers`, warn about) frozen towers never trained."""
+    from outfitter.model import load_config
+    from outfitter.model.towers import untrained_frozen_towers
+
+    cfg = load_config(model_config, overrides=overrides or None)
+    untrained = untrained_frozen_towers(cfg)
+    if not untrained:
+        return
+    problem = (
+        f"model config {cfg.name!r} reads frozen CLIP {' and '.join(untrained)} tower(s) that were "
+        f"never trained: clip.pretrained is unset, so they keep their random initialisation and "
+        f"the model learns from random projections of the pixels and tokens, not CLIP features."
+    )
+    if allow:
+        typer.secho(
+            f"WARNING: {problem} Training anyway (--allow-random-towers): "
+            "its metrics say nothing about the architecture.",
+            fg=typer.colors.YELLOW,
+            bold=True,
+            err=True,
+        )
+        return
+    _fail(
+        f"{problem} Either pre-train the towers on your catalog, "
+        f"`outfitter clip-pretrain --data {data} --out towers.safetensors "
+        f"--arch {cfg.clip.arch} --embed-dim {cfg.clip.embed_dim}`, then train with "
+        f"`--set clip.pretrained=towers.safetensors`; or load trained weights, "
+        f"`--set clip.pretrained=FILE` (an open_clip tag or weights file). "
+        f"To train on random towers anyway (tests, smoke runs), pass --allow-random-towers."
+    )
+
+
 def _user_errors():
     """Exceptions that are the user's to fix: printed as one line, never as a traceback."""
     from outfitter.data import DatasetError
@@ -250,6 +283,11 @@ def train(
     data_format: str = typer.Option(
         "auto", "--format", help="Dataset format: auto (detected from the files), polyvore, amazon."
     ),
+    allow_random_towers: bool = typer.Option(
+        False,
+        "--allow-random-towers",
+        help="Train even though frozen CLIP towers were never trained (random init): tests only.",
+    ),
 ) -> None:
     """Train on Ray Train, evaluate, log to MLflow and register a version (alias challenger)."""
     import json
@@ -259,6 +297,7 @@ def train(
 
     try:
         overrides = _parse_overrides(set_)
+        _check_towers(model_config, overrides, data, allow_random_towers)
         settings = TrainSettings().with_overrides(
             workers=workers,
             use_gpu=gpu,

@@ -1,7 +1,8 @@
-"""Tiny model versions for the serving tests: two random-init hybrid-tiny checkpoints with indexes.
+"""Helpers of the tests that serve: tiny model versions, free ports, waiting for a server.
 
-Both share one set of frozen CLIP towers (so catalog features and new-item features agree) and
-differ in their heads. Made once per test session under pytest's base temp folder.
+`tiny_versions`: two random-init hybrid-tiny checkpoints with indexes. Both share one set of frozen
+CLIP towers (so catalog features and new-item features agree) and differ in their heads. Made
+once per test session under pytest's base temp folder.
 """
 
 from __future__ import annotations
@@ -51,11 +52,38 @@ def image_b64(size: tuple[int, int] = (48, 48), color=(200, 30, 30), fmt: str = 
 
 
 def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now."""
     import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_http(url: str, proc, timeout: float = 120) -> None:
+    """Wait until `url` answers 200; fails early if the server process `proc` exits."""
+    import time
+    import urllib.request
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server {proc.args!r} exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise TimeoutError(f"{url} did not answer in {timeout}s")
+
+
+def first_of(catalog, *categories: str) -> list[str]:
+    """The first catalog id (sorted) of each category: an outfit to send."""
+    first: dict[str, str] = {}
+    for item_id in catalog.item_ids:
+        first.setdefault(catalog.items[item_id].category, item_id)
+    return [first[c] for c in categories]
 
 
 def _children() -> dict[int, list[int]]:

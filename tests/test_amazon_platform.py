@@ -56,7 +56,7 @@ def trained(ray_session, amazon_dir, tmp_path_factory, no_tracking_env):
     outcomes = {}
     for name, extra in [
         ("sun2020-tiny", ["--workers", "2"]),
-        ("hybrid-tiny", ["--set", "transformer.layers=1"]),
+        ("hybrid-tiny", ["--set", "transformer.layers=1", "--allow-random-towers"]),
     ]:
         out = work / f"{name}.json"
         result = _invoke(

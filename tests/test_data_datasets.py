@@ -12,11 +12,9 @@ from outfitter.data import DatasetError, load_catalog, load_split
 from outfitter.data.amazon import ItemPair
 from outfitter.data.datasets import (
     CompatibilityDataset,
-    FITBDataset,
     PairDataset,
     RetrievalDataset,
     collate_compatibility,
-    collate_fitb,
     collate_pairs,
     collate_retrieval,
 )
@@ -88,21 +86,6 @@ def test_retrieval(data):
     before = [fixed[i]["target_id"] for i in range(40)]
     fixed.set_epoch(3)
     assert before == [fixed[i]["target_id"] for i in range(40)]
-
-
-def test_fitb(data):
-    catalog, splits = data
-    ds = FITBDataset(splits["test"], catalog)
-    samples = [ds[i] for i in range(6)]
-    batch = collate_fitb(samples)
-    _check_positions(batch, [q.question for q in samples])
-    assert batch["answers"].shape == (6, 4) and batch["correct"].shape == (6,)
-    for q, row, right, cat in zip(
-        samples, batch["answers"], batch["correct"], batch["answer_category"], strict=True
-    ):
-        assert [batch["ids"][p] for p in row] == list(q.answers)
-        assert right == q.correct and cat == catalog.items[q.answers[q.correct]].category_index
-    assert collate_fitb([FITBDataset(splits["test"])[0]])["answer_category"].tolist() == [-1]
 
 
 def test_pairs_from_outfits_and_amazon(data):

@@ -3,18 +3,12 @@
 from __future__ import annotations
 
 import json
-import socket
 
 import pytest
+from serve_helpers import free_port
 from typer.testing import CliRunner
 
 from outfitter.cli import app
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow
@@ -23,7 +17,7 @@ def test_quick_demo_runs_every_stage(ray_session, tmp_path, monkeypatch):
     monkeypatch.setenv("OUTFITTER_CACHE_DIR", str(tmp_path / "cache"))
     work = tmp_path / "work"
     result = CliRunner().invoke(
-        app, ["demo", "--quick", "--workdir", str(work), "--port", str(_free_port())]
+        app, ["demo", "--quick", "--workdir", str(work), "--port", str(free_port())]
     )
     assert result.exit_code == 0, result.output[-3000:]
     summary = json.loads((work / "demo_summary.json").read_text())

@@ -22,7 +22,7 @@ import pytest
 
 pytestmark = [pytest.mark.gpu, pytest.mark.timeout(900)]
 ROOT = Path(__file__).resolve().parent.parent
-TINY = ["--set", "transformer.layers=1"]
+TINY = ["--set", "transformer.layers=1", "--allow-random-towers"]
 
 
 def _gpus() -> int:

@@ -13,42 +13,18 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from serve_helpers import free_port, wait_http
 
 SWAPS = 20
 NAME = "outfitter-swap"
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
-    import urllib.request
-
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"mlflow server exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.3)
-    raise TimeoutError(f"{url} did not answer in {timeout}s")
-
-
 @pytest.fixture()
 def server(tmp_path):
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
          "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
@@ -58,7 +34,7 @@ def server(tmp_path):
     )  # fmt: skip
     try:
         uri = f"http://127.0.0.1:{port}"
-        _wait_http(uri + "/health", proc)
+        wait_http(uri + "/health", proc)
         yield uri
     finally:  # only the process this fixture started
         proc.terminate()

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from serve_helpers import free_port
 
 from outfitter.data import load_catalog
 from outfitter.data import polyvore as P
@@ -29,19 +30,13 @@ class _StubBackend:
                 "run_id": None, "metrics": {}}  # fmt: skip
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Server:
     """uvicorn in a thread on a free loopback port; `raw(target)` sends one request as bytes."""
 
     def __init__(self, app):
         import uvicorn
 
-        self.port = _free_port()
+        self.port = free_port()
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)

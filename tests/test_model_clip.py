@@ -11,7 +11,7 @@ from outfitter.model import load_config
 from outfitter.model.checkpoint import load_checkpoint, save_checkpoint
 from outfitter.model.clip_pretrain import pretrain
 from outfitter.model.factory import build_model
-from outfitter.model.towers import create_towers
+from outfitter.model.towers import create_towers, untrained_frozen_towers
 from outfitter.model.words import word_ids
 
 
@@ -52,6 +52,37 @@ def test_cli_clip_pretrain_prints_recall(synth_dir, tmp_path):
     assert out.is_file()
     bad = CliRunner().invoke(app, [*args[:4], str(tmp_path / "t.bin")])
     assert bad.exit_code != 0 and "safetensors" in bad.output
+
+
+@pytest.mark.parametrize(
+    ("name", "overrides", "untrained"),
+    [
+        ("hybrid-tiny", {}, ["image", "text"]),
+        ("hybrid-tiny", {"clip.pretrained": "towers.safetensors"}, []),
+        ("hybrid-tiny", {"clip.freeze_image": False}, ["text"]),  # the image tower trains
+        ("image-only", {}, ["image"]),  # reads no text, not even a target's
+        ("hybrid-vit-b32", {}, []),  # an open_clip tag
+        ("hybrid-fashionclip", {}, []),  # hf-hub: open_clip fetches the weights itself
+        ("sun2020-tiny", {}, []),  # no CLIP towers
+    ],
+)
+def test_untrained_frozen_towers(name, overrides, untrained):
+    assert untrained_frozen_towers(load_config(name, overrides or None)) == untrained
+
+
+def test_cli_train_refuses_random_frozen_towers(synth_dir, tmp_path):
+    """The README's first try on a new catalog: stopped before Ray or MLflow, with the way out."""
+    from outfitter.cli import app
+
+    work = tmp_path / "work"
+    result = CliRunner().invoke(app, ["train", "--data", str(synth_dir), "--workdir", str(work)])
+    assert result.exit_code == 2, result.output
+    out = " ".join(result.output.split())  # rich may wrap the line
+    assert out.startswith("error: model config 'hybrid-tiny' reads frozen CLIP image and text")
+    assert f"outfitter clip-pretrain --data {synth_dir} --out towers.safetensors" in out
+    assert "--set clip.pretrained=towers.safetensors" in out
+    assert "--set clip.pretrained=FILE" in out and "--allow-random-towers" in out
+    assert "Traceback" not in result.output and not work.exists()
 
 
 def test_finetuned_towers_round_trip(tmp_path):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -14,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from serve_helpers import free_port, wait_http
 
 from outfitter.platform.settings import TrainSettings
 
@@ -210,12 +210,6 @@ def test_killed_worker_resumes_from_last_checkpoint(trained, synth_dir):
         assert killed_last[key] == pytest.approx(reference_last[key], abs=1e-4), key
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_train_register_load_against_mlflow_server(ray_session, synth_dir, tmp_path, monkeypatch):
     """The cluster set-up: a real `mlflow server` process on 127.0.0.1 as the tracking URI."""
@@ -223,7 +217,7 @@ def test_train_register_load_against_mlflow_server(ray_session, synth_dir, tmp_p
     from outfitter.platform import registry
     from outfitter.platform.runs import train_and_register
 
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [
             sys.executable,
@@ -246,7 +240,7 @@ def test_train_register_load_against_mlflow_server(ray_session, synth_dir, tmp_p
     )
     try:
         uri = f"http://127.0.0.1:{port}"
-        _wait_http(uri + "/health", server)
+        wait_http(uri + "/health", server)
         monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
         outcome = train_and_register(
             "hybrid-tiny",
@@ -263,22 +257,6 @@ def test_train_register_load_against_mlflow_server(ray_session, synth_dir, tmp_p
     finally:
         server.terminate()
         server.wait(timeout=30)
-
-
-def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
-    import urllib.request
-
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"mlflow server exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"{url} did not answer in {timeout}s")
 
 
 def test_epoch_progress_shows_the_epochs_logged_to_mlflow(tmp_path, capsys):

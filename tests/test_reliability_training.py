@@ -50,18 +50,18 @@ def _unwritable(tmp_path: Path, kind: str) -> Path:
 def test_unwritable_storage_fails_with_a_clear_error(tmp_path, kind):
     path = _unwritable(tmp_path, kind)
     with pytest.raises(PermissionError, match=r"training storage path .* is not writable .*"):
-        train._storage_path(str(path))
+        train.checked_storage_path(str(path))
 
 
 def test_full_disk_fails_with_a_clear_error(tmp_path, monkeypatch):
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(train.shutil, "disk_usage", lambda p: usage(2**30, 2**30 - 2**20, 2**20))
     with pytest.raises(PermissionError, match=r"has 1 MiB free; checkpoints need at least 512"):
-        train._storage_path(str(tmp_path / "ray_results"))
+        train.checked_storage_path(str(tmp_path / "ray_results"))
 
 
 def test_uri_storage_passes_through():
-    assert train._storage_path("s3://bucket/results") == "s3://bucket/results"
+    assert train.checked_storage_path("s3://bucket/results") == "s3://bucket/results"
 
 
 @pytest.mark.parametrize("fault", ["unwritable", "full-disk"])
@@ -77,12 +77,15 @@ def test_cli_train_fails_fast_before_anything_starts(tmp_path, synth_dir, monkey
         monkeypatch.setattr(train.shutil, "disk_usage", lambda p: usage(2**30, 2**30, 0))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     workdir = tmp_path / "work"
-    args = ["train", "--data", str(synth_dir), "--workdir", str(workdir)]
+    args = ["train", "--data", str(synth_dir), "--workdir", str(workdir), "--allow-random-towers"]
     t0 = time.perf_counter()
     result = CliRunner().invoke(app, [*args, "--storage-path", str(storage)])
     seconds = time.perf_counter() - t0
     assert result.exit_code == 2, result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
+    warned = [line for line in lines if line.startswith("WARNING: ")]  # random towers, allowed
+    assert len(warned) == 1 and "--allow-random-towers" in warned[0], lines
+    lines = [line for line in lines if line not in warned]
     assert len(lines) == 1 and lines[0].startswith("error: training storage path"), lines
     assert "Traceback" not in result.output
     assert not (workdir / "mlflow.db").exists(), "started tracking before the pre-flight"
@@ -188,6 +191,7 @@ def _train_command(synth_dir: Path, workdir: Path) -> list[str]:
         sys.executable, "-m", "outfitter.cli", "train",
         "--data", str(synth_dir), "--workdir", str(workdir), "--run-name", "driver-kill",
         "--epochs", "4", "--batch-size", "2", "--set", "transformer.layers=1",
+        "--allow-random-towers",
     ]  # fmt: skip
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-from serve_helpers import image_b64, tiny_versions
+from serve_helpers import first_of, image_b64, tiny_versions
 
 from outfitter.data import load_catalog
 from outfitter.platform.serving.app import create_app
@@ -49,10 +49,7 @@ def client(catalog, backend):
 @pytest.fixture(scope="module")
 def outfit(catalog):
     """Catalog ids of a top, a bottom and shoes."""
-    first = {}
-    for item_id in catalog.item_ids:
-        first.setdefault(catalog.items[item_id].category, item_id)
-    return [first["tops"], first["bottoms"], first["shoes"]]
+    return first_of(catalog, "tops", "bottoms", "shoes")
 
 
 def refs(ids):

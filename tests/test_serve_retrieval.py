@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 from fastapi.testclient import TestClient
+from serve_helpers import first_of
 
 from outfitter.data import load_catalog
 from outfitter.data.types import CATEGORIES
@@ -52,10 +53,7 @@ def _client(folder, synth_dir, catalog) -> TestClient:
 
 @pytest.fixture(scope="module")
 def outfit(catalog):
-    first = {}
-    for item_id in catalog.item_ids:
-        first.setdefault(catalog.items[item_id].category, item_id)
-    return [{"item_id": first["tops"]}, {"item_id": first["bottoms"]}]
+    return [{"item_id": i} for i in first_of(catalog, "tops", "bottoms")]
 
 
 @pytest.mark.parametrize("threshold", [0.0, 1.0])

@@ -13,13 +13,12 @@ from __future__ import annotations
 import random
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
 import torch
 from torch.utils.data import Dataset
 
 from outfitter.data.errors import DatasetError
-from outfitter.data.types import Catalog, FITBQuestion, ItemPair, Outfit, Split
+from outfitter.data.types import Catalog, ItemPair, Outfit, Split
 
 
 def _rng(seed: int, epoch: int, index: int) -> random.Random:
@@ -116,31 +115,6 @@ class RetrievalDataset(_EpochDataset):
         target = items.pop(j)
         category = self.catalog.items[target].category_index
         return {"item_ids": items, "target_id": target, "target_category": category}
-
-
-@dataclass(frozen=True)
-class FITBSample(FITBQuestion):
-    """A FITB question plus the category of its answers (-1 when built without a catalog)."""
-
-    answer_category: int = -1
-
-
-class FITBDataset(Dataset):
-    """The split's FITB questions; pass the catalog so batches carry `answer_category`."""
-
-    def __init__(self, split: Split, catalog: Catalog | None = None):
-        self.questions = split.fitb
-        self.catalog = catalog
-
-    def __len__(self) -> int:
-        return len(self.questions)
-
-    def __getitem__(self, index: int) -> FITBSample:
-        q = self.questions[index]
-        category = -1
-        if self.catalog is not None:
-            category = self.catalog.items[q.answers[q.correct]].category_index
-        return FITBSample(q.question, q.answers, q.correct, q.blank_position, category)
 
 
 class PairDataset(_EpochDataset):
@@ -272,23 +246,6 @@ def collate_retrieval(samples: list[dict]) -> dict:
         "mask": mask,
         "target": target,
         "target_category": category,
-    }
-
-
-def collate_fitb(samples: list[FITBQuestion]) -> dict:
-    """-> ids, items/mask (B, N) question, answers (B, 4), correct (B,), answer_category (B,)."""
-    ids = _Ids()
-    items, mask = _pad(ids, [q.question for q in samples])
-    answers = torch.tensor([[ids(a) for a in q.answers] for q in samples], dtype=torch.long)
-    return {
-        "ids": ids.ids,
-        "items": items,
-        "mask": mask,
-        "answers": answers,  # (B, A)
-        "correct": torch.tensor([q.correct for q in samples], dtype=torch.long),
-        "answer_category": torch.tensor(
-            [getattr(q, "answer_category", -1) for q in samples], dtype=torch.long
-        ),
     }
 
 

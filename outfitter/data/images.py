@@ -70,7 +70,8 @@ def _open_checked(path: Path) -> Image.Image:
 
 
 def load_image(path: str | Path, size: int | None = None) -> Image.Image:
-    """Decode an image as RGB, optionally resized to `size` x `size`.
+    """Decode an image as RGB, optionally resized to `size` x `size` (a thumbnail to look at;
+    what a model reads is sized by `outfitter.model.preprocess`).
 
     Raises:
         DatasetError: the file is missing, truncated, not an image, or a decompression bomb.

@@ -28,6 +28,12 @@ CATEGORIES: tuple[str, ...] = (
 CATEGORY_INDEX: dict[str, int] = {name: i for i, name in enumerate(CATEGORIES)}
 
 
+def item_text(title: str, description: str = "") -> str:
+    """The text of an item as every model reads it (title + description): a catalog item's
+    (`Item.text`) and a new item's in a request (`InputBuilder.encode_new_item`) alike."""
+    return f"{title}. {description}".strip() if description else title
+
+
 @dataclass(frozen=True)
 class Item:
     """One catalog item."""
@@ -41,8 +47,8 @@ class Item:
 
     @property
     def text(self) -> str:
-        """Title and description, the text the CLIP text tower reads for the item."""
-        return f"{self.title}. {self.description}".strip() if self.description else self.title
+        """Title and description, the text the CLIP text tower reads for the item (`item_text`)."""
+        return item_text(self.title, self.description)
 
     @property
     def category_index(self) -> int:
@@ -100,6 +106,12 @@ class Split:
     # Weighted positive pairs of a pair dataset (Amazon co-purchase, `data.amazon_splits`): the
     # triplet loss reads their weights; empty for outfit datasets (weights come from outfits).
     pairs: list[ItemPair] = field(default_factory=list)
+
+    @property
+    def item_ids(self) -> list[str]:
+        """The items of the split's outfits, sorted (of a train split: the items a model trains
+        on, its sun2020 vocabulary's source and its retrieval negatives' pool)."""
+        return sorted({i for o in self.outfits for i in o.item_ids})
 
 
 @dataclass

@@ -178,6 +178,6 @@ def catalog_split_ids(data_dir: str | Path, version: str = "nondisjoint", catalo
 
     catalog = catalog or load_catalog(Path(data_dir))
     train = load_split(Path(data_dir), version, "train", catalog)
-    train_ids = sorted({i for o in train.outfits for i in o.item_ids})
+    train_ids = train.item_ids
     seen = set(train_ids)
     return train_ids, [i for i in catalog.item_ids if i not in seen]

@@ -15,19 +15,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from outfitter.data.types import CATEGORIES, Catalog
+from outfitter.data.types import CATEGORIES, Catalog, item_text
 from outfitter.model.config import ModelConfig
+from outfitter.model.preprocess import normalise, squash_pixels
 from outfitter.model.words import word_ids
 
-IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
-IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
 UNKNOWN_CATEGORY = len(CATEGORIES)  # the target token's category input when none is known
 TEXT_CACHE_MAX = 200_000  # training texts whose frozen features are kept
-
-
-def item_text(title: str, description: str = "") -> str:
-    """The text of an item as `Item.text` writes it (title + description)."""
-    return f"{title}. {description}".strip() if description else title
 
 
 class InputBuilder:
@@ -142,11 +136,9 @@ class InputBuilder:
         out = []
         for i in ids:
             if i not in self._pixels:  # decoded once, kept as uint8 (3 * size^2 bytes)
-                image = np.asarray(load_image(self.catalog.image_path(i), size))
-                self._pixels[i] = torch.from_numpy(image.copy()).permute(2, 0, 1)
+                self._pixels[i] = squash_pixels(load_image(self.catalog.image_path(i)), size)
             out.append(self._pixels[i])
-        pixels = torch.stack(out).float() / 255.0  # (U, 3, H, W)
-        return (pixels - IMAGENET_MEAN) / IMAGENET_STD
+        return normalise(torch.stack(out))  # (U, 3, H, W)
 
     def _sun_tokens(self, ids: list[str], texts: list[str] | None = None) -> torch.Tensor:
         texts = texts if texts is not None else [self.catalog.items[i].title for i in ids]
@@ -268,23 +260,12 @@ class InputBuilder:
             )
         return out
 
-    def fitb(self, batch: dict) -> dict:
-        """Adds inputs and the blank's category prompt (answers' category) to a FITB batch."""
-        cats = batch["answer_category"].tolist()
-        return {
-            **batch,
-            "inputs": self.item_inputs(batch["ids"]),
-            "target_text": self.target_text(None, cats, None),
-        }
-
     def __call__(self, batches: dict[str, dict], *, train: bool = True) -> dict[str, dict]:
-        """Build a task batch `{"compatibility": ..., "retrieval": ..., "fitb": ...}`."""
+        """Build a task batch `{"compatibility": ..., "retrieval": ..., "triplets": ...}`."""
         out = {}
         for name, batch in batches.items():
             if name == "retrieval":
                 out[name] = self.retrieval(batch, train=train)
-            elif name == "fitb":
-                out[name] = self.fitb(batch)
             else:
                 out[name] = self.compatibility(batch)
         return out
@@ -303,15 +284,13 @@ class InputBuilder:
         if self.cfg.kind == "sun2020":
             if image is None:
                 raise ValueError("the sun2020 model needs an image for every item")
-            size = self.cfg.sun2020.image_size
-            pixels = torch.from_numpy(np.asarray(image.convert("RGB").resize((size, size))).copy())
-            pixels = (pixels.permute(2, 0, 1).float() / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
-            return {"pixels": pixels[None], "tokens": self._sun_tokens([], [title])}
+            pixels = normalise(squash_pixels(image, self.cfg.sun2020.image_size)[None])
+            return {"pixels": pixels, "tokens": self._sun_tokens([], [title])}  # U = 1
         needs_image = "image" in self.cfg.item.modalities
         if needs_image and image is None:
             raise ValueError(f"model {self.cfg.name!r} reads item images; pass an image")
         towers, clip, out = self.towers, self.cfg.clip, {}
-        pixels = towers.preprocess(image.convert("RGB"))[None] if image is not None else None
+        pixels = towers.pixels(image)[None] if image is not None else None  # (1, 3, H, W)
         with torch.no_grad():
             if pixels is not None:
                 out["image_feat" if clip.freeze_image else "pixels"] = (

@@ -11,7 +11,9 @@ import numpy as np
 
 
 def compatibility_auc(labels, scores) -> float:
-    """ROC AUC of scores against binary labels (Mann-Whitney U, ties counted half)."""
+    """ROC AUC of scores against binary labels (scikit-learn's; ties count half)."""
+    from sklearn.metrics import roc_auc_score
+
     labels = np.asarray(labels).astype(bool).ravel()
     scores = np.asarray(scores, dtype=np.float64).ravel()
     if labels.shape != scores.shape:
@@ -19,15 +21,7 @@ def compatibility_auc(labels, scores) -> float:
     n_pos, n_neg = int(labels.sum()), int((~labels).sum())
     if n_pos == 0 or n_neg == 0:
         raise ValueError(f"AUC needs both classes; got {n_pos} positives, {n_neg} negatives")
-    order = np.argsort(scores, kind="mergesort")
-    ranks = np.empty(len(scores), dtype=np.float64)
-    sorted_scores = scores[order]
-    # average ranks of tied groups (1-based)
-    _, start, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
-    avg = start + (counts + 1) / 2.0
-    ranks[order] = np.repeat(avg, counts)
-    u = ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0
-    return float(u / (n_pos * n_neg))
+    return float(roc_auc_score(labels, scores))
 
 
 def fitb_accuracy(scores, correct) -> float:

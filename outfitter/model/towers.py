@@ -66,10 +66,16 @@ class Towers:
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
         return self.tokenizer(list(texts))  # (N, L)
 
+    def pixels(self, image) -> torch.Tensor:
+        """The tower's input (3, H, W) of a PIL image: a catalog item's and a request's alike."""
+        from outfitter.model.preprocess import rgb
+
+        return self.preprocess(rgb(image))  # (3, H, W)
+
     def load_pixels(self, path: str | Path) -> torch.Tensor:
         from outfitter.data.images import load_image
 
-        return self.preprocess(load_image(path))  # (3, H, W)
+        return self.pixels(load_image(path))  # (3, H, W)
 
     def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.model.encode_image(pixels.to(self.device), normalize=True)  # (N, D)
@@ -159,6 +165,27 @@ def create_towers(cfg: ClipCfg, *, load_pretrained: bool = True, device="cpu") -
             f"{towers.embed_dim}-d features; set clip.embed_dim={towers.embed_dim}"
         )
     return towers
+
+
+def untrained_frozen_towers(cfg) -> list[str]:
+    """The CLIP towers (`"image"`, `"text"`) a model config reads but would never train: frozen,
+    and with no weights to load (`clip.pretrained` unset, an architecture open_clip does not
+    fetch weights for), so they stay at their random initialisation and hand the model noise.
+
+    `cfg`: a `ModelConfig`; empty for the Sun et al. baseline (no CLIP towers).
+    """
+    clip = cfg.clip
+    if cfg.kind != "hybrid" or clip.pretrained or clip.arch.startswith(("hf-hub:", "local-dir:")):
+        return []
+    reads_text = "text" in cfg.item.modalities or cfg.target.use_text
+    return [
+        name
+        for name, frozen, read in (
+            ("image", clip.freeze_image, "image" in cfg.item.modalities),
+            ("text", clip.freeze_text, reads_text),
+        )
+        if frozen and read
+    ]
 
 
 def set_trainable(towers: Towers, cfg: ClipCfg) -> None:

@@ -21,10 +21,6 @@ from outfitter.model.inputs import InputBuilder
 from outfitter.model.task import OutfitTask, make_datasets, make_optimizer, train_step
 
 
-def split_items(split) -> list[str]:
-    return sorted({i for o in split.outfits for i in o.item_ids})
-
-
 @dataclass
 class FitResult:
     model: torch.nn.Module
@@ -57,10 +53,10 @@ def fit(
     torch.manual_seed(seed)
     catalog = catalog or load_catalog(Path(data_dir))
     train = load_split(Path(data_dir), version, "train", catalog)
-    vocab = build_vocab(cfg, catalog, split_items(train)) if cfg.kind == "sun2020" else None
+    vocab = build_vocab(cfg, catalog, train.item_ids) if cfg.kind == "sun2020" else None
     model = build_model(cfg, vocab=vocab, towers=towers if cfg.input_kind == "raw" else None)
     builder = InputBuilder.for_model(model, catalog, features, towers, seed=seed)
-    builder.set_negative_pool(split_items(train))
+    builder.set_negative_pool(train.item_ids)
     task, optimizer = OutfitTask(model, cfg), make_optimizer(cfg, model)
     datasets = make_datasets(cfg, train, catalog, seed=seed)
     if cfg.kind == "hybrid" and (cfg.clip.freeze_image or cfg.clip.freeze_text):

@@ -74,13 +74,13 @@ class EpochRunner:
         if model_cfg.kind == "sun2020":  # the baseline's word vocabulary: titles of train items
             from outfitter.model.factory import build_vocab
 
-            vocab = build_vocab(model_cfg, self.catalog, sorted(self._train_items()))
+            vocab = build_vocab(model_cfg, self.catalog, self.train_split.item_ids)
         self.model = build_model(model_cfg, vocab=vocab)
         self.task = build_task(self.model, model_cfg).to(device)
         self.builder = InputBuilder.for_model(
             self.model, self.catalog, features, seed=settings.seed + rank
         )
-        self.builder.set_negative_pool(sorted(self._train_items()))
+        self.builder.set_negative_pool(self.train_split.item_ids)
         self.wrapped = self._wrap(self.task)
         self.datasets, self.loaders = self._loaders()
         self.steps_per_epoch = min(len(loader) for loader in self.loaders.values())
@@ -94,9 +94,6 @@ class EpochRunner:
         )
         self.best = None
         self.bad_epochs = 0
-
-    def _train_items(self) -> set[str]:
-        return {i for outfit in self.train_split.outfits for i in outfit.item_ids}
 
     @classmethod
     def from_config(cls, config: dict, *, rank: int, world: int) -> EpochRunner:

@@ -124,7 +124,7 @@ def loop_config(model_cfg, settings: TrainSettings, inputs: dict, mlflow_info: d
     }
 
 
-def _find_or_start_run(run_name: str, experiment_id: str):
+def find_or_start_run(run_name: str, experiment_id: str):
     """Re-use the unfinished MLflow run of the same Ray run name (resume), else start one."""
     import mlflow
 
@@ -165,10 +165,10 @@ def train_and_register(
 
     from outfitter.model import load_config
     from outfitter.platform import registry
-    from outfitter.platform.train import _storage_path, best_checkpoint_dir, build_trainer
+    from outfitter.platform.train import best_checkpoint_dir, build_trainer, checked_storage_path
     from outfitter.platform.vectors import open_checkpoint
 
-    _storage_path(settings.storage_path)  # pre-flight: unwritable or full storage fails first
+    checked_storage_path(settings.storage_path)  # pre-flight: unwritable or full storage first
     tracking_uri = registry.configure_tracking(workdir)
     experiment_id = registry.ensure_experiment(EXPERIMENT)
     model_cfg = load_config(model_config, overrides=overrides or None)
@@ -176,7 +176,7 @@ def train_and_register(
     inputs = prepare_inputs(model_cfg, data_dir, cache_dir=cache_dir, data_format=data_format)
     if not ray.is_initialized():
         ray.init(include_dashboard=False, log_to_driver=False)
-    with _find_or_start_run(settings.run_name, experiment_id) as run:
+    with find_or_start_run(settings.run_name, experiment_id) as run:
         run_id = run.info.run_id
         _log_params(model_cfg, settings, inputs["data_dir"])
         config = loop_config(

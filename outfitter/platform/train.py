@@ -102,7 +102,7 @@ def build_trainer(
     )
     run_config = RunConfig(
         name=name or settings.run_name,
-        storage_path=_storage_path(settings.storage_path),
+        storage_path=checked_storage_path(settings.storage_path),
         checkpoint_config=CheckpointConfig(
             num_to_keep=settings.checkpoints_to_keep,
             checkpoint_score_attribute=settings.monitor,
@@ -128,7 +128,7 @@ class StorageError(PermissionError):
     """The training storage path cannot hold checkpoints: not writable, or too little space."""
 
 
-def _storage_path(path: str) -> str:
+def checked_storage_path(path: str) -> str:
     """Local folders become absolute (Ray requires it); URIs (s3://, gs://, ...) pass through.
 
     A local folder gets a pre-flight before anything trains: it must be creatable, take a file
@@ -170,10 +170,3 @@ def best_checkpoint_dir(result, settings: TrainSettings) -> Path:
 
     checkpoint, _ = max(best, key=score)
     return Path(checkpoint.path)
-
-
-def elapsed(fn, *args, **kwargs):
-    """(result, seconds) of a call: stage timings for summaries."""
-    t0 = time.perf_counter()
-    out = fn(*args, **kwargs)
-    return out, time.perf_counter() - t0

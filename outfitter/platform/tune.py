@@ -31,7 +31,7 @@ class SearchOutcome:
     parent_run_id: str
 
 
-def _trial(params: dict, *, search: dict, base: dict, parent_run_id: str, experiment_id: str):
+def run_trial(params: dict, *, search: dict, base: dict, parent_run_id: str, experiment_id: str):
     """One trial: a Ray Train run with the sampled overrides, reporting to Tune."""
     import mlflow
     from mlflow import MlflowClient

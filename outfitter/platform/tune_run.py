@@ -32,10 +32,10 @@ def run_search(
 
     from outfitter.model import load_config
     from outfitter.platform import registry
-    from outfitter.platform.runs import EXPERIMENT, _find_or_start_run, prepare_inputs
+    from outfitter.platform.runs import EXPERIMENT, find_or_start_run, prepare_inputs
     from outfitter.platform.settings import TrainSettings
-    from outfitter.platform.train import _storage_path
-    from outfitter.platform.tune import _trial
+    from outfitter.platform.train import checked_storage_path
+    from outfitter.platform.tune import run_trial
 
     tracking_uri = registry.configure_tracking(workdir)
     experiment_id = registry.ensure_experiment(EXPERIMENT)
@@ -56,12 +56,12 @@ def run_search(
     inputs = prepare_inputs(base_cfg, data_dir, data_format=data_format)
     if not ray.is_initialized():
         ray.init(include_dashboard=False, log_to_driver=False)
-    storage_path = _storage_path(storage_path)
+    storage_path = checked_storage_path(storage_path)
     base_settings = base_settings.with_overrides(
         storage_path=str(Path(storage_path) / f"{search.name}-trials")
     )
     features_ref = None if inputs["features"] is None else ray.put(inputs["features"])
-    with _find_or_start_run(f"tune-{search.name}", experiment_id) as parent:
+    with find_or_start_run(f"tune-{search.name}", experiment_id) as parent:
         mlflow.log_dict(search.model_dump(by_alias=True), "config/search.json")
         base = {
             "model_config_name": search.model_config_name,
@@ -74,7 +74,7 @@ def run_search(
             },
         }
         trainable = tune.with_parameters(
-            _trial,
+            run_trial,
             search=search.model_dump(),
             base=base,
             parent_run_id=parent.info.run_id,

@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 # Bump when the code that turns a catalog item into model inputs changes (image resizing, item
 # text, word ids): vectors cached by the old code then stop matching.
-ENCODING = 1
+ENCODING = 2  # 2: one image preprocessing per model (model/preprocess.py), one item_text
 VECTOR_CACHE_KEEP = 8  # cache entries kept, most recently used first ($OUTFITTER_VECTOR_CACHE_KEEP)
 _DIGESTS: dict[tuple, str] = {}  # (path, size, mtime) -> sha256: a file is hashed once a process
 

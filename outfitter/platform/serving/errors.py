@@ -10,6 +10,7 @@ from contextlib import contextmanager
 
 from PIL import Image, UnidentifiedImageError
 
+from outfitter.model.preprocess import shrink_shortest
 from outfitter.platform.serving.schemas import Limits
 
 
@@ -76,14 +77,10 @@ def _decode(image: Image.Image, field: str, side: int | None) -> Image.Image:
     with _image_errors(field):
         image.load()
         image = image.convert("RGB")
-    if side and min(image.size) > side:
-        # The same bicubic shortest-side resize the CLIP preprocessing starts with, done before
-        # the image is kept or sent anywhere: the tower then sees the pixels it would anyway.
-        w, h = image.size
-        scale = side / min(w, h)
-        image = image.resize(
-            (max(side, round(w * scale)), max(side, round(h * scale))), Image.Resampling.BICUBIC
-        )
+    if side:
+        # The CLIP transform's own first step, done before the image is kept or sent anywhere:
+        # the tower then sees the pixels it would anyway (`model.preprocess`).
+        image = shrink_shortest(image, side)
     return image
 
 
