@@ -297,7 +297,6 @@ def train(
 
     try:
         overrides = _parse_overrides(set_)
-        _check_towers(model_config, overrides, data, allow_random_towers)
         settings = TrainSettings().with_overrides(
             workers=workers,
             use_gpu=gpu,
@@ -310,6 +309,7 @@ def train(
             storage_path=storage_path or str(workdir / "ray_results"),
             run_name=run_name or f"{Path(model_config).stem}-{version}",
         )
+        _check_towers(model_config, overrides, data, allow_random_towers)
         outcome = train_and_register(
             model_config,
             data,

@@ -43,3 +43,15 @@ def test_recall_at_k_hand_cases():
     valid = np.array([[False, False, True, True], [True, False, False, True]])
     assert recall_at_k(scores, target, 1, valid) == 0.5  # row 0 now ranks first
     assert recall_at_k(np.zeros((1, 5)), [0], 4) == 0.0  # ties never help
+
+
+def test_auc_ranks_infinite_scores_and_refuses_nan():
+    import numpy as np
+
+    from outfitter.model.metrics import compatibility_auc
+
+    labels = [1, 1, 0, 0]
+    assert compatibility_auc(labels, [np.inf, 2.0, 1.0, -np.inf]) == 1.0
+    assert compatibility_auc(labels, [np.inf, np.inf, np.inf, 0.0]) == 0.75  # ties count half
+    with pytest.raises(ValueError, match="NaN"):
+        compatibility_auc(labels, [np.nan, 2.0, 1.0, 0.0])

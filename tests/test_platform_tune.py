@@ -86,7 +86,9 @@ def test_smoke_search_registers_the_best_trial(ray_session, synth_dir, tmp_path,
 
 
 def _trial_dirs(storage: Path, name: str) -> list[Path]:
-    return [p for p in (storage / name).glob("_trial_*") if p.is_dir()]
+    """Tune's trial folders (named after the trainable, `run_trial_*`: found by their params)."""
+    root = storage / name
+    return [p for p in root.iterdir() if (p / "params.json").is_file()] if root.is_dir() else []
 
 
 def _finished_trials(storage: Path, name: str, epochs: int) -> int:

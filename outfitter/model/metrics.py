@@ -21,6 +21,12 @@ def compatibility_auc(labels, scores) -> float:
     n_pos, n_neg = int(labels.sum()), int((~labels).sum())
     if n_pos == 0 or n_neg == 0:
         raise ValueError(f"AUC needs both classes; got {n_pos} positives, {n_neg} negatives")
+    if np.isnan(scores).any():
+        raise ValueError(f"{int(np.isnan(scores).sum())} of {scores.size} scores are NaN")
+    if not np.isfinite(scores).all():  # +-inf (a low-precision logit overflowing) ranks fine:
+        from scipy.stats import rankdata  # the AUC of the ranks is the AUC of the scores
+
+        scores = rankdata(scores)
     return float(roc_auc_score(labels, scores))
 
 
