@@ -97,7 +97,7 @@ def pretrain(
 
     Args:
         train_ids / heldout_ids: items to train on / to measure recall on (default: a seeded
-            90/10 split of the catalog).
+            90/10 split of the catalog; with no held-out items, 10% of `train_ids` held out).
         progress: callable(step, total_steps, info) for progress bars.
 
     Returns:
@@ -113,8 +113,9 @@ def pretrain(
         )
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    if train_ids is None or heldout_ids is None:
-        ids = np.array(catalog.item_ids)[rng.permutation(len(catalog.items))]
+    if train_ids is None or not heldout_ids:  # none given, or every item trains (an Amazon
+        pool = catalog.item_ids if train_ids is None else list(train_ids)  # nondisjoint split):
+        ids = np.array(pool)[rng.permutation(len(pool))]  # recall on a seeded 10% held out
         n_held = max(1, len(ids) // 10)
         heldout_ids, train_ids = list(ids[:n_held]), list(ids[n_held:])
     towers = create_towers(cfg)
