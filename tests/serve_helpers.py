@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 from pathlib import Path
 
 from PIL import Image
@@ -135,3 +136,34 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise ValueError(f"no VmRSS for pid {pid}")
+
+
+def own_processes(title: str, root: int | None = None) -> list[int]:
+    """Live processes whose command line starts with `title` and that descend from `root` (this
+    test process by default: the Ray it started, its raylet, the workers the raylet forked).
+
+    A fault test on a shared machine must kill its own Ray's worker, never another user's
+    `ray::RayTrainWorker` found by title alone.
+    """
+    root = root or os.getpid()
+    parents, titles = {}, {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "(comm)": state, ppid
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except (OSError, IndexError):  # ended while we looked
+            continue
+        pid = int(stat.parent.name)
+        parents[pid] = int(fields[1])
+        titles[pid] = cmdline.replace(b"\0", b" ").decode(errors="replace")
+
+    def descends(pid: int) -> bool:
+        seen = set()
+        while pid > 1 and pid not in seen:
+            if pid == root:
+                return True
+            seen.add(pid)
+            pid = parents.get(pid, 0)
+        return False
+
+    return sorted(p for p, t in titles.items() if t.startswith(title) and p != root and descends(p))

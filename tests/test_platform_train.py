@@ -141,19 +141,12 @@ def _registered_checkpoints(storage: Path) -> list:
 
 
 def _train_worker_pids() -> list[int]:
-    """Live Ray Train worker processes (Ray titles them `ray::RayTrainWorker...`).
+    """Live Ray Train worker processes of this test's own Ray (`ray::RayTrainWorker...`, found
+    through the process table: the state API needs the dashboard, off in tests); never another
+    user's worker on a shared machine."""
+    from serve_helpers import own_processes
 
-    Found through the process table: the state API needs the dashboard, off in tests.
-    """
-    pids = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:  # the process ended while we looked
-            continue
-        if text.startswith("ray::RayTrainWorker"):
-            pids.append(int(cmdline.parent.name))
-    return pids
+    return own_processes("ray::RayTrainWorker")
 
 
 @pytest.mark.slow

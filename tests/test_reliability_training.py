@@ -20,6 +20,7 @@ from collections import namedtuple
 from pathlib import Path
 
 import pytest
+from serve_helpers import own_processes
 from typer.testing import CliRunner
 
 from outfitter.platform import train
@@ -269,37 +270,6 @@ def _mlflow_history(workdir: Path, run_id: str) -> list[dict]:
 
 
 # ---------------------------------------------------------------- fault tests kill their own
-
-
-def own_processes(title: str, root: int | None = None) -> list[int]:
-    """Live processes whose command line starts with `title` and that descend from `root` (this
-    test process by default: the Ray it started, its raylet, the workers the raylet forked).
-
-    A fault test on a shared machine must kill its own Ray's worker, never another user's
-    `ray::RayTrainWorker` found by title alone.
-    """
-    root = root or os.getpid()
-    parents, titles = {}, {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "(comm)": state, ppid
-            cmdline = (stat.parent / "cmdline").read_bytes()
-        except (OSError, IndexError):  # ended while we looked
-            continue
-        pid = int(stat.parent.name)
-        parents[pid] = int(fields[1])
-        titles[pid] = cmdline.replace(b"\0", b" ").decode(errors="replace")
-
-    def descends(pid: int) -> bool:
-        seen = set()
-        while pid > 1 and pid not in seen:
-            if pid == root:
-                return True
-            seen.add(pid)
-            pid = parents.get(pid, 0)
-        return False
-
-    return sorted(p for p, t in titles.items() if t.startswith(title) and p != root and descends(p))
 
 
 def _by_title(title: str) -> list[int]:
