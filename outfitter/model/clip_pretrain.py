@@ -113,9 +113,11 @@ def pretrain(
         )
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    if train_ids is None or not heldout_ids:  # none given, or every item trains (an Amazon
-        pool = catalog.item_ids if train_ids is None else list(train_ids)  # nondisjoint split):
-        ids = np.array(pool)[rng.permutation(len(pool))]  # recall on a seeded 10% held out
+    # None given, or every item trains (an Amazon nondisjoint split): recall is measured on a
+    # seeded 10% of the pool held out
+    if train_ids is None or not heldout_ids:
+        pool = catalog.item_ids if train_ids is None else list(train_ids)
+        ids = np.array(pool)[rng.permutation(len(pool))]
         n_held = max(1, len(ids) // 10)
         heldout_ids, train_ids = list(ids[:n_held]), list(ids[n_held:])
     towers = create_towers(cfg)

@@ -45,11 +45,8 @@ def tower_stamp(clip_cfg: ClipCfg) -> str:
     """Identifies the towers' weights: the config plus the weights file's content hash."""
     parts = {"arch": clip_cfg.arch, "pretrained": clip_cfg.pretrained, "dim": clip_cfg.embed_dim}
     if clip_cfg.pretrained and Path(clip_cfg.pretrained).is_file():
-        digest = hashlib.sha256()  # by content: a copied or downloaded weights file still matches
-        with open(clip_cfg.pretrained, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 22), b""):
-                digest.update(chunk)
-        parts["file"] = digest.hexdigest()
+        with open(clip_cfg.pretrained, "rb") as f:  # by content: a copied or downloaded file
+            parts["file"] = hashlib.file_digest(f, "sha256").hexdigest()  # still matches
         # the content names the weights; the path does not (a checkpoint's towers.safetensors
         # holding the weights a run embedded with reuses that run's features)
         parts["pretrained"] = "file"

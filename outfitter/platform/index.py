@@ -530,11 +530,9 @@ def _version_str(version) -> str | None:
 
 
 def _file_digest(path: Path) -> dict:
-    """sha256 and size of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
+    """sha256 and size of a file."""
     with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
+        digest = hashlib.file_digest(f, "sha256")
     return {"sha256": digest.hexdigest(), "bytes": path.stat().st_size}
 
 

@@ -226,11 +226,8 @@ def _file_sha256(path: Path) -> str:
     st = path.stat()
     memo = (str(path.resolve()), st.st_size, st.st_mtime_ns)
     if memo not in _DIGESTS:
-        digest = hashlib.sha256()
         with open(path, "rb") as f:
-            while block := f.read(1 << 22):
-                digest.update(block)
-        _DIGESTS[memo] = digest.hexdigest()
+            _DIGESTS[memo] = hashlib.file_digest(f, "sha256").hexdigest()
     return _DIGESTS[memo]
 
 
