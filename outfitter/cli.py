@@ -103,6 +103,9 @@ def clip_pretrain(
     version: str = typer.Option("nondisjoint", "--version", help="Split whose train items train."),
     batch_size: int = typer.Option(128, "--batch-size"),
     lr: float = typer.Option(1e-3, "--lr"),
+    max_steps: int = typer.Option(
+        0, "--max-steps", help="Stop after this many steps (0 = --epochs full passes)."
+    ),
     text_view_weight: float = typer.Option(
         1.0,
         "--text-view-weight",
@@ -133,7 +136,7 @@ def clip_pretrain(
 
             result = pretrain(catalog, cfg, out, epochs, train_ids=train_ids, heldout_ids=held,
                               batch_size=batch_size, lr=lr, text_view_weight=text_view_weight,
-                              progress=report)  # fmt: skip
+                              max_steps=max_steps, progress=report)  # fmt: skip
     except (DatasetError, TowerWeightsError, ValueError, FileNotFoundError) as e:
         _fail(str(e))
     before = result["before"]

@@ -41,6 +41,31 @@ def test_pretrain_writes_open_clip_loadable_weights(synth_dir, tmp_path):
     )
 
 
+def test_pretrain_streams_images_past_the_memory_budget_with_the_same_result(
+    synth_dir, tmp_path, monkeypatch
+):
+    """A catalog too big to hold decoded trains the same weights from per-batch decoding; a
+    step budget stops early; recall is measured on a capped sample of held-out items."""
+    from safetensors.torch import load_file
+
+    from outfitter.model import clip_pretrain
+
+    catalog = load_catalog(synth_dir)
+    ids = catalog.item_ids
+    clip = load_config("hybrid-tiny").clip
+    kwargs = dict(train_ids=ids[:96], heldout_ids=ids[-40:], batch_size=32, max_steps=2)
+    held = pretrain(catalog, clip, tmp_path / "held.safetensors", 5, **kwargs)
+    monkeypatch.setattr(clip_pretrain, "PRELOAD_BYTES", 0)
+    monkeypatch.setattr(clip_pretrain, "MAX_HELDOUT", 16)
+    streamed = pretrain(catalog, clip, tmp_path / "streamed.safetensors", 5, **kwargs)
+    assert held["steps"] == streamed["steps"] == 2  # the budget, not 5 epochs x 3 steps
+    assert held["n_heldout"] == 40 and streamed["n_heldout"] == 16
+    a, b = load_file(tmp_path / "held.safetensors"), load_file(tmp_path / "streamed.safetensors")
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-3) for k in a)
+    with pytest.raises(ValueError, match="max_steps"):
+        pretrain(catalog, clip, tmp_path / "x.safetensors", 1, max_steps=-1)
+
+
 def test_cli_clip_pretrain_prints_recall(synth_dir, tmp_path):
     from outfitter.cli import app
 

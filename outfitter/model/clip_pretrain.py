@@ -51,9 +51,31 @@ def text_view_loss(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torc
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
 
 
+PRELOAD_BYTES = 1 << 30  # preprocessed train images held in memory up to this size
+MAX_HELDOUT = 2000  # held-out items recall is measured on (a seeded sample above this)
+
+
 def _pixels(towers: Towers, catalog, ids: Sequence[str]) -> torch.Tensor:
     """Preprocessed images (N, 3, H, W), kept in float16 to halve the memory."""
     return torch.stack([towers.load_pixels(catalog.image_path(i)).half() for i in ids])
+
+
+class _TrainPixels:
+    """The train items' images by row: decoded once and held in memory when they fit in
+    `PRELOAD_BYTES` (the demo's catalog: every epoch reuses them), else decoded per batch (a
+    Polyvore-size catalog: 150k items at 224 px would be 45 GB in float16)."""
+
+    def __init__(self, towers: Towers, catalog, ids: Sequence[str]):
+        self.towers, self.catalog, self.ids = towers, catalog, list(ids)
+        side = towers.image_size
+        self.held = None
+        if len(self.ids) * 3 * side * side * 2 <= PRELOAD_BYTES:
+            self.held = _pixels(towers, catalog, self.ids)
+
+    def __getitem__(self, rows: torch.Tensor) -> torch.Tensor:
+        if self.held is not None:
+            return self.held[rows]
+        return _pixels(self.towers, self.catalog, [self.ids[r] for r in rows.tolist()])
 
 
 @torch.no_grad()
@@ -91,6 +113,7 @@ def pretrain(
     word_drop: float = 0.3,
     text_view_temperature: float = 0.05,
     seed: int = 0,
+    max_steps: int = 0,
     progress: Callable[[int, int, dict], None] | None = None,
 ) -> dict:
     """Train the towers of `cfg` contrastively and save them to `out_path` (.safetensors).
@@ -120,8 +143,14 @@ def pretrain(
         ids = np.array(pool)[rng.permutation(len(pool))]
         n_held = max(1, len(ids) // 10)
         heldout_ids, train_ids = list(ids[:n_held]), list(ids[n_held:])
+    if max_steps < 0:
+        raise ValueError(f"max_steps={max_steps}: must be >= 0 (0 = full epochs)")
+    if len(heldout_ids) > MAX_HELDOUT:  # recall among 2k items, not an (N, N) matrix of 50k
+        sample = np.random.default_rng([seed, 1])  # its own stream: training stays the same
+        keep = np.sort(sample.permutation(len(heldout_ids))[:MAX_HELDOUT])
+        heldout_ids = [heldout_ids[i] for i in keep]
     towers = create_towers(cfg)
-    pixels = _pixels(towers, catalog, train_ids)  # (N, 3, H, W)
+    pixels = _TrainPixels(towers, catalog, train_ids)  # rows -> (B, 3, H, W)
     texts = _texts(catalog, train_ids, text_field)
     tokens = towers.tokenize(texts)  # (N, L)
     held_pixels = _pixels(towers, catalog, heldout_ids)
@@ -134,11 +163,12 @@ def pretrain(
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
     steps_per_epoch = math.ceil(len(train_ids) / batch_size)
     total = max(1, epochs * steps_per_epoch)
+    total = min(total, max_steps) if max_steps else total
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=total, pct_start=0.1)
     start, step, loss = time.perf_counter(), 0, float("nan")
     for _ in range(epochs):
         model.train()
-        for rows in torch.randperm(len(train_ids)).split(batch_size):
+        for rows in torch.randperm(len(train_ids)).split(batch_size)[: total - step]:
             if len(rows) < 2:
                 continue
             image = F.normalize(model.encode_image(pixels[rows].float()), dim=-1)
@@ -169,6 +199,7 @@ def pretrain(
         "before": before,
         "final_loss": loss,
         "epochs": epochs,
+        "steps": step,
         "n_train": len(train_ids),
         "seconds": time.perf_counter() - start,
         "path": str(out_path),
