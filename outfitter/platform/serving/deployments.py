@@ -118,6 +118,8 @@ class BatchedBackend:
             return
         state.alias = config.get("alias") or state.alias
         self.state, self.config, self.load_error = state, config, None  # the swap
+        del state
+        await asyncio.to_thread(core.settle_heap)  # the old version's cycles go, the new freezes
         log.info("serving model %s (%s)", state.version, config["model_uri"])
 
     def current(self) -> core.ModelState:

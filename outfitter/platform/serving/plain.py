@@ -18,7 +18,7 @@ def app_from_env() -> FastAPI:
     """Build the app from `OUTFITTER_MODEL`, `OUTFITTER_DATA` and optional `OUTFITTER_DEVICE`."""
     from outfitter.data import load_catalog
     from outfitter.platform.serving.app import create_app
-    from outfitter.platform.serving.core import LocalBackend, load_state
+    from outfitter.platform.serving.core import LocalBackend, load_state, settle_heap
     from outfitter.platform.serving.service import CatalogService
 
     missing = [k for k in ("OUTFITTER_MODEL", "OUTFITTER_DATA") if not os.environ.get(k)]
@@ -31,4 +31,6 @@ def app_from_env() -> FastAPI:
         device=os.environ.get("OUTFITTER_DEVICE", "auto"),
         catalog=catalog,
     )
-    return create_app(CatalogService(catalog, LocalBackend(state)))
+    app = create_app(CatalogService(catalog, LocalBackend(state)))
+    settle_heap()  # as a Serve replica does after loading: no full collections while serving
+    return app
