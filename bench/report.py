@@ -257,6 +257,35 @@ def index(results: dict) -> str:
     return _section("faiss index kinds", results, *index_bench.table(results), [note])
 
 
+def scale(results: dict) -> str:
+    """bench/scale.py's JSON: every stage's wall time and peak memory per catalog size."""
+    import scale as scale_bench
+
+    a = results["args"]
+    png = common.RESULTS / "scale.png"
+    scale_bench.plot(results, png)
+    note = (
+        f"Each stage is the README's command as its own process, on a fresh synthetic catalog: "
+        f"clip-pretrain {a['clip_steps']} steps, `embed` on Ray Data (cold cache), `train` "
+        f"hybrid-tiny {a['workers']} workers {a['epochs']} epochs (reusing the embedding), "
+        "`evaluate --split test`, `index build`, `serve` (start-up to the first answer of "
+        "`/v1/model`, then one request of each kind). GiB: the peak of PSS summed over the "
+        "command's process tree (Ray's processes included). `bench/scale.py`."
+    )
+    parts = [_section("Scale: cost per stage as the catalog grows", results,
+                      *scale_bench.table(results), [note])]  # fmt: skip
+    requests = [
+        f"{r['outfits']:,} outfits: " + ", ".join(
+            f"{k} {v:,.0f} ms" for k, v in r["stages"]["serve"].get("requests_ms", {}).items()
+        ) + f"; replica {r['stages']['serve'].get('replica_gib', float('nan')):.2f} GiB"
+        for r in results["sizes"] if "serve" in r["stages"]
+    ]  # fmt: skip
+    if requests:
+        parts.append("Served catalog, one request of each kind: " + "; ".join(requests) + ".")
+    parts.append(f"![wall time and peak memory per stage](bench/results/{png.name})")
+    return "\n\n".join(parts)
+
+
 SECTIONS: list[tuple[tuple[str, ...], Callable[[dict], str]]] = [
     (("quality.json",), quality),
     (("quality_amazon.json",), quality_amazon),
@@ -265,6 +294,7 @@ SECTIONS: list[tuple[tuple[str, ...], Callable[[dict], str]]] = [
     (("embed_throughput.json",), embedding),
     (("serve_load.json",), serving),
     (("index.json",), index),
+    (("scale.json",), scale),
 ]
 
 
