@@ -45,7 +45,7 @@ def run_device(model: str, data: Path, bodies: dict, args, device: str) -> list[
     import ray
     from ray import serve
 
-    from outfitter.platform.serving import launch
+    from outfitter.platform.serve import launch
 
     port = serve_load.common_free_port()
     config = serve_load.serve_config(model, data, port, args.replicas, serve_load.ADOPTED)

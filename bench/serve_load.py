@@ -264,7 +264,7 @@ def run_levels(base: str, bodies: dict, seconds: float, warmup_s: float, groups)
 
 def bare_model(model: str, data: Path, bodies: dict[str, list[dict]], batch: int = 32) -> dict:
     """Forward throughput of scoring and retrieval without HTTP (outfits/s, queries/s)."""
-    from outfitter.platform.serving import core
+    from outfitter.platform.serve import core
 
     state = core.load_state(model, data, device="cpu")
     core.set_threads(1)  # as one Serve replica (num_cpus 1) and one uvicorn process here
@@ -314,7 +314,7 @@ def serve_config(
     model: str, data: Path, port: int, replicas: int | None, env: dict, access_log: bool = False
 ) -> dict:
     """serve_configs/local.yaml on `model`; fixed at `replicas`, or autoscaling when None."""
-    from outfitter.platform.serving import launch
+    from outfitter.platform.serve import launch
 
     config = launch.load_serve_config(ROOT / "serve_configs" / "local.yaml")
     config["http_options"]["port"] = port
@@ -338,7 +338,7 @@ def run_serve(
     import ray
     from ray import serve
 
-    from outfitter.platform.serving import launch
+    from outfitter.platform.serve import launch
 
     port = common_free_port()
     if haproxy:
@@ -407,7 +407,7 @@ def run_uvicorn(model, data, bodies, args, workers: int) -> list[dict]:
         "OMP_NUM_THREADS": "1",  # one thread per process, as a Serve replica of num_cpus 1
     }
     cmd = [sys.executable, "-m", "uvicorn", "--factory",
-           "outfitter.platform.serving.plain:app_from_env", "--host", "127.0.0.1",
+           "outfitter.platform.serve.plain:app_from_env", "--host", "127.0.0.1",
            "--port", str(port), "--log-level", "warning", "--no-access-log",
            "--workers", str(workers)]  # fmt: skip
     server = subprocess.Popen(cmd, env=env)
@@ -482,7 +482,7 @@ def run_burst(model, data, bodies, phases) -> dict:
     import ray
     from ray import serve
 
-    from outfitter.platform.serving import launch
+    from outfitter.platform.serve import launch
 
     port = common_free_port()
     os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"  # as `outfitter serve`

@@ -292,8 +292,8 @@ def train(
     """Train on Ray Train, evaluate, log to MLflow and register a version (alias challenger)."""
     import json
 
-    from outfitter.platform.runs import train_and_register
-    from outfitter.platform.settings import TrainSettings
+    from outfitter.platform.train.runs import train_and_register
+    from outfitter.platform.train.settings import TrainSettings
 
     try:
         overrides = _parse_overrides(set_)
@@ -419,8 +419,8 @@ def tune(
     ),
 ) -> None:
     """Run (or resume) a Ray Tune search; registers the best trial as `challenger`."""
-    from outfitter.platform.tune_config import TuneConfigError, load_search_config
-    from outfitter.platform.tune_run import run_search
+    from outfitter.platform.tune.config import TuneConfigError, load_search_config
+    from outfitter.platform.tune.driver import run_search
 
     try:
         search = load_search_config(config)
@@ -517,7 +517,7 @@ def serve(
 
     import ray
 
-    from outfitter.platform.serving import launch
+    from outfitter.platform.serve import launch
 
     try:
         prepared = launch.prepare_config(launch.load_serve_config(config), pin=pin)

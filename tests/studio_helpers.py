@@ -81,7 +81,7 @@ def serve_plain(
         "-m",
         "uvicorn",
         "--factory",
-        "outfitter.platform.serving.plain:app_from_env",
+        "outfitter.platform.serve.plain:app_from_env",
         "--host",
         "127.0.0.1",
         "--port",

@@ -66,7 +66,7 @@ def test_killed_gpu_worker_resumes_from_the_last_checkpoint(ray_session, synth_d
     """SIGKILL a GPU Train worker after the first checkpoint: the run finishes from it."""
     from test_platform_train import _registered_checkpoints, _settings, _train_worker_pids
 
-    from outfitter.platform.runs import train_and_register
+    from outfitter.platform.train.runs import train_and_register
 
     if _gpus() < 1 or ray_session.cluster_resources().get("GPU", 0) < 1:
         pytest.skip("Ray sees no GPU")
@@ -141,7 +141,7 @@ def test_serve_with_device_auto_answers_from_the_gpu(ray_session, synth_dir, tmp
     from serve_helpers import free_port, image_b64, replica_pids, tiny_versions
 
     from outfitter.data import load_catalog
-    from outfitter.platform.serving import launch
+    from outfitter.platform.serve import launch
 
     if ray_session.cluster_resources().get("GPU", 0) < 0.5:
         pytest.skip("Ray sees no GPU")

@@ -33,10 +33,10 @@ from outfitter.model.inputs import InputBuilder
 from outfitter.model.towers import create_towers
 from outfitter.platform.embed import TowerEmbedder
 from outfitter.platform.index import build_index
-from outfitter.platform.serving.app import create_app
-from outfitter.platform.serving.core import LocalBackend, load_state
-from outfitter.platform.serving.schemas import Limits
-from outfitter.platform.serving.service import CatalogService
+from outfitter.platform.serve.app import create_app
+from outfitter.platform.serve.core import LocalBackend, load_state
+from outfitter.platform.serve.schemas import Limits
+from outfitter.platform.serve.service import CatalogService
 
 ATOL = 1e-5
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from serve_helpers import free_port, wait_http
 
-from outfitter.platform.settings import TrainSettings
+from outfitter.platform.train.settings import TrainSettings
 
 TINY = {"transformer.layers": 1}
 
@@ -61,7 +61,7 @@ def driver_calls(monkeypatch_module) -> dict:
 def trained(ray_session, synth_dir, tmp_path_factory, monkeypatch_module, driver_calls):
     """One tiny 2-worker training run registered in a local sqlite MLflow store (and promoted,
     its index built and logged); `driver_calls` after it, in `work/driver_calls.json`."""
-    from outfitter.platform.runs import train_and_register
+    from outfitter.platform.train.runs import train_and_register
 
     work = tmp_path_factory.mktemp("train")
     monkeypatch_module.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -123,7 +123,7 @@ def test_evaluate_reproduces_validation_numbers(trained, synth_dir, driver_calls
 
 
 def test_rerunning_a_finished_run_name_is_refused(trained, synth_dir):
-    from outfitter.platform.runs import train_and_register
+    from outfitter.platform.train.runs import train_and_register
 
     work, _ = trained
     with pytest.raises(ValueError, match="already finished"):
@@ -153,7 +153,7 @@ def _train_worker_pids() -> list[int]:
 def test_killed_worker_resumes_from_last_checkpoint(trained, synth_dir):
     """SIGKILL a Train worker after the first checkpoint: the run finishes, restarted from it,
     with the metrics of the same run uninterrupted."""
-    from outfitter.platform.runs import train_and_register
+    from outfitter.platform.train.runs import train_and_register
 
     work, _ = trained
     # Small batches make each epoch take a few seconds, so the kill lands mid-run.
@@ -208,7 +208,7 @@ def test_train_register_load_against_mlflow_server(ray_session, synth_dir, tmp_p
     """The cluster set-up: a real `mlflow server` process on 127.0.0.1 as the tracking URI."""
     from outfitter.model.checkpoint import load_checkpoint
     from outfitter.platform import registry
-    from outfitter.platform.runs import train_and_register
+    from outfitter.platform.train.runs import train_and_register
 
     port = free_port()
     server = subprocess.Popen(
@@ -255,7 +255,7 @@ def test_train_register_load_against_mlflow_server(ray_session, synth_dir, tmp_p
 def test_epoch_progress_shows_the_epochs_logged_to_mlflow(tmp_path, capsys):
     import mlflow
 
-    from outfitter.platform.runs import EpochProgress
+    from outfitter.platform.train.runs import EpochProgress
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = mlflow.MlflowClient(tracking_uri=uri)

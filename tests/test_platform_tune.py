@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from outfitter.platform.tune_config import TuneConfigError, load_search_config
+from outfitter.platform.tune.config import TuneConfigError, load_search_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "tune_configs" / "smoke.yaml"
@@ -64,7 +64,7 @@ def test_missing_config_file_names_it(tmp_path):
 @pytest.mark.slow
 def test_smoke_search_registers_the_best_trial(ray_session, synth_dir, tmp_path, monkeypatch):
     from outfitter.platform import registry
-    from outfitter.platform.tune_run import run_search
+    from outfitter.platform.tune.driver import run_search
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     search = load_search_config(SMOKE)

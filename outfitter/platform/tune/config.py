@@ -15,7 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from outfitter.platform.settings import MONITORS, TrainSettings
+from outfitter.platform.train.settings import MONITORS, TrainSettings
 
 SAMPLERS = ("loguniform", "uniform", "quniform", "randint", "choice", "grid")
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from outfitter.platform.tune import SearchOutcome, best_row, build_tuner, results_table
-from outfitter.platform.tune_config import SearchConfig
+from outfitter.platform.tune.config import SearchConfig
+from outfitter.platform.tune.search import SearchOutcome, best_row, build_tuner, results_table
 
 
 def run_search(
@@ -32,10 +32,10 @@ def run_search(
 
     from outfitter.model import load_config
     from outfitter.platform import registry
-    from outfitter.platform.runs import EXPERIMENT, find_or_start_run, prepare_inputs
-    from outfitter.platform.settings import TrainSettings
-    from outfitter.platform.train import checked_storage_path
-    from outfitter.platform.tune import run_trial
+    from outfitter.platform.train.runs import EXPERIMENT, find_or_start_run, prepare_inputs
+    from outfitter.platform.train.settings import TrainSettings
+    from outfitter.platform.train.trainer import checked_storage_path
+    from outfitter.platform.tune.search import run_trial
 
     tracking_uri = registry.configure_tracking(workdir)
     experiment_id = registry.ensure_experiment(EXPERIMENT)

@@ -13,7 +13,7 @@ were answered by two versions is re-run). A version that fails to load leaves th
 serving.
 
 `build_app(args)` is the application builder of `serve_configs/*.yaml`
-(`import_path: outfitter.platform.serving.deployments:build_app`).
+(`import_path: outfitter.platform.serve.deployments:build_app`).
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ from pydantic import BaseModel, Field
 from ray import serve
 
 from outfitter.platform.redact import redact_uri
-from outfitter.platform.serving import core, security
-from outfitter.platform.serving.errors import ModelUnavailable
-from outfitter.platform.serving.schemas import Limits
-from outfitter.platform.serving.service import CatalogService
+from outfitter.platform.serve import core, security
+from outfitter.platform.serve.errors import ModelUnavailable
+from outfitter.platform.serve.schemas import Limits
+from outfitter.platform.serve.service import CatalogService
 
 log = logging.getLogger("ray.serve")
 
@@ -194,7 +194,7 @@ class Outfitter:
         self.service = CatalogService(catalog, self.backend, self.limits)
 
     def __serve_build_asgi_app__(self):
-        from outfitter.platform.serving.app import create_app
+        from outfitter.platform.serve.app import create_app
 
         return create_app(
             self.service, self.limits, api_key=self.api_key, allowed_hosts=self.allowed_hosts
@@ -236,7 +236,7 @@ def build_app(args: AppArgs | dict[str, Any]) -> serve.Application:
     replica (a restart, an autoscaler scale-up) then loads that version, whatever the alias
     points at later. `outfitter serve` pins the same way in the config it deploys.
     """
-    from outfitter.platform.serving.launch import absolute_args, pin_model_uri
+    from outfitter.platform.serve.launch import absolute_args, pin_model_uri
 
     args = args if isinstance(args, AppArgs) else AppArgs.model_validate(args)
     args = AppArgs.model_validate(absolute_args(args.model_dump()))  # as `serve run` from here
