@@ -161,7 +161,8 @@ def _parse_overrides(pairs: list[str] | None) -> dict:
 
 
 def _check_towers(model_config: str, overrides: dict, data: Path, allow: bool) -> None:
-    """Refuse (or, with `--allow-random-towers`, warn about) frozen towers never trained."""
+    """Refuse (or, with `--allow-random-towers`, warn about) frozen towers never trained:
+    `outfitter train` and `outfitter tune` both call it before Ray or MLflow start."""
     from outfitter.model import load_config
     from outfitter.model.towers import untrained_frozen_towers
 
@@ -186,7 +187,7 @@ def _check_towers(model_config: str, overrides: dict, data: Path, allow: bool) -
     _fail(
         f"{problem} Either pre-train the towers on your catalog, "
         f"`outfitter clip-pretrain --data {data} --out towers.safetensors "
-        f"--arch {cfg.clip.arch} --embed-dim {cfg.clip.embed_dim}`, then train with "
+        f"--arch {cfg.clip.arch} --embed-dim {cfg.clip.embed_dim}`, then pass "
         f"`--set clip.pretrained=towers.safetensors`; or load trained weights, "
         f"`--set clip.pretrained=FILE` (an open_clip tag or weights file). "
         f"To train on random towers anyway (tests, smoke runs), pass --allow-random-towers."
@@ -417,6 +418,14 @@ def tune(
     data_format: str = typer.Option(
         "auto", "--format", help="Dataset format: auto (detected from the files), polyvore, amazon."
     ),
+    set_: list[str] = typer.Option(
+        None, "--set", help="Model config override KEY=VALUE for every trial."
+    ),
+    allow_random_towers: bool = typer.Option(
+        False,
+        "--allow-random-towers",
+        help="Search even though frozen CLIP towers were never trained (random init): tests only.",
+    ),
 ) -> None:
     """Run (or resume) a Ray Tune search; registers the best trial as `challenger`."""
     from outfitter.platform.tune.config import TuneConfigError, load_search_config
@@ -424,6 +433,8 @@ def tune(
 
     try:
         search = load_search_config(config)
+        overrides = _parse_overrides(set_)
+        _check_towers(search.model_config_name, overrides, data, allow_random_towers)
         outcome = run_search(
             search,
             data,
@@ -431,6 +442,7 @@ def tune(
             model_name=model_name,
             storage_path=storage_path or str(workdir / "ray_results"),
             data_format=data_format,
+            overrides=overrides,
         )
     except (TuneConfigError, *_user_errors()) as err:
         _fail(str(err))

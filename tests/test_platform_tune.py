@@ -61,6 +61,54 @@ def test_missing_config_file_names_it(tmp_path):
         load_search_config(tmp_path / "nope.yaml")
 
 
+def test_cli_tune_refuses_random_frozen_towers(synth_dir, tmp_path):
+    """`outfitter tune` on hybrid-tiny without tower weights stops like `outfitter train` does:
+    before Ray or MLflow start, naming the same two ways out and the same flag."""
+    from typer.testing import CliRunner
+
+    from outfitter.cli import app
+
+    work = tmp_path / "work"
+    args = ["tune", "--config", str(SMOKE), "--data", str(synth_dir), "--workdir", str(work)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    out = " ".join(result.output.split())  # rich may wrap the line
+    assert out.startswith("error: model config 'hybrid-tiny' reads frozen CLIP image and text")
+    assert f"outfitter clip-pretrain --data {synth_dir} --out towers.safetensors" in out
+    assert "--set clip.pretrained=towers.safetensors" in out
+    assert "--set clip.pretrained=FILE" in out and "--allow-random-towers" in out
+    assert "Traceback" not in result.output and not work.exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "warned"),
+    [
+        (["--allow-random-towers"], True),  # warned, then searched
+        (["--set", "clip.pretrained=towers.safetensors"], False),  # weights given: no word
+    ],
+)
+def test_cli_tune_passes_the_guard_with_the_flag_or_weights(
+    synth_dir, tmp_path, monkeypatch, extra, warned
+):
+    """Past the guard the search starts with the `--set` overrides (stopped there: no Ray)."""
+    from typer.testing import CliRunner
+
+    from outfitter.cli import app
+    from outfitter.platform.tune import driver
+
+    def reached(search, data_dir, **kwargs):
+        raise ValueError(f"run_search reached with overrides={kwargs['overrides']}")
+
+    monkeypatch.setattr(driver, "run_search", reached)
+    args = ["tune", "--config", str(SMOKE), "--data", str(synth_dir), "--workdir", str(tmp_path)]
+    result = CliRunner().invoke(app, args + extra)
+    out = " ".join(result.output.split())
+    assert result.exit_code == 2 and "run_search reached with overrides=" in out, out
+    assert ("WARNING:" in out and "Training anyway (--allow-random-towers)" in out) == warned
+    if not warned:
+        assert "{'clip.pretrained': 'towers.safetensors'}" in out
+
+
 @pytest.mark.slow
 def test_smoke_search_registers_the_best_trial(ray_session, synth_dir, tmp_path, monkeypatch):
     from outfitter.platform import registry
@@ -125,6 +173,7 @@ def test_killed_search_resumes_with_the_same_command(synth_dir, tmp_path):
         str(tmp_path),
         "--storage-path",
         str(storage),
+        "--allow-random-towers",
     ]
     env = dict(os.environ)
     env.pop("MLFLOW_TRACKING_URI", None)

@@ -21,10 +21,13 @@ def run_search(
     storage_path: str,
     model_name: str = "outfitter",
     data_format: str | None = None,
+    overrides: dict | None = None,
 ) -> SearchOutcome:
     """Run or resume `search` on `data_dir`; log, tabulate, plot and register its best trial.
 
     `data_format`: polyvore or amazon (`data.formats`); None detects it from the folder.
+    `overrides`: dotted model config overrides every trial starts from (`outfitter tune --set`,
+    e.g. `clip.pretrained`); the search space's `model.*` samples are applied over them.
     """
     import mlflow
     import ray
@@ -37,9 +40,13 @@ def run_search(
     from outfitter.platform.train.trainer import checked_storage_path
     from outfitter.platform.tune.search import run_trial
 
+    overrides = dict(overrides or {})
+    pretrained = overrides.get("clip.pretrained")
+    if pretrained and Path(pretrained).is_file():  # a trial runs in its own folder
+        overrides["clip.pretrained"] = str(Path(pretrained).resolve())
     tracking_uri = registry.configure_tracking(workdir)
     experiment_id = registry.ensure_experiment(EXPERIMENT)
-    base_cfg = load_config(search.model_config_name)
+    base_cfg = load_config(search.model_config_name, overrides=overrides or None)
     base_settings = (
         TrainSettings.from_dict(search.settings)
         .with_overrides(
@@ -65,6 +72,7 @@ def run_search(
         mlflow.log_dict(search.model_dump(by_alias=True), "config/search.json")
         base = {
             "model_config_name": search.model_config_name,
+            "model_overrides": overrides,
             "settings": base_settings.to_dict(),
             "tracking_uri": tracking_uri,
             "loop": {

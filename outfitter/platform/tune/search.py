@@ -46,6 +46,7 @@ def run_trial(params: dict, *, search: dict, base: dict, parent_run_id: str, exp
     settings = TrainSettings.from_dict(base["settings"]).with_overrides(
         **settings_over, run_name=f"{search['name']}-{trial_name}"
     )
+    model_over = {**base.get("model_overrides", {}), **model_over}
     model_cfg = load_config(base["model_config_name"], overrides=model_over or None)
     mlflow.set_tracking_uri(base["tracking_uri"])
     client = MlflowClient()
