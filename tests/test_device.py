@@ -207,7 +207,8 @@ def test_a_replica_answers_from_its_device(synth_dir, tmp_path_factory, device, 
     assert {p.device.type for p in state.model.parameters()} == {device.type}
     assert state.builder.towers.device.type == device.type, "frozen towers off the replica's GPU"
     faiss_gpu = hasattr(__import__("faiss"), "StandardGpuResources")
-    assert state.index.on_gpu == (device.type == "cuda" and faiss_gpu), "shards off its device"
+    on_gpu = any("Gpu" in kind for kind in state.index.shard_kinds().values())
+    assert on_gpu == (device.type == "cuda" and faiss_gpu), "shards off its device"
     spy = DeviceSpy(device)
     model, towers = state.model, state.builder.towers
     for method in ("encode_items", "compatibility_logits", "query", "category_logits"):
