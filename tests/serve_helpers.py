@@ -61,22 +61,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_http(url: str, proc, timeout: float = 120) -> None:
-    """Wait until `url` answers 200; fails early if the server process `proc` exits."""
+def wait_http(url: str, proc, timeout: float = 120, log: Path | None = None) -> None:
+    """Wait until `url` answers 200; fails early if the server process `proc` exits. `log`: the
+    server's output file, whose tail the error then shows."""
     import time
     import urllib.request
+
+    def tail() -> str:
+        return "" if log is None else ":\n" + log.read_text(errors="replace")[-3000:]
 
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"server {proc.args!r} exited with {proc.returncode}")
+            raise RuntimeError(f"server {proc.args!r} exited with {proc.returncode}{tail()}")
         try:
             with urllib.request.urlopen(url, timeout=2) as r:
                 if r.status == 200:
                     return
         except OSError:
             time.sleep(0.3)
-    raise TimeoutError(f"{url} did not answer in {timeout}s")
+    raise TimeoutError(f"{url} did not answer in {timeout}s{tail()}")
 
 
 def first_of(catalog, *categories: str) -> list[str]:

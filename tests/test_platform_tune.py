@@ -61,25 +61,6 @@ def test_missing_config_file_names_it(tmp_path):
         load_search_config(tmp_path / "nope.yaml")
 
 
-def test_cli_tune_refuses_random_frozen_towers(synth_dir, tmp_path):
-    """`outfitter tune` on hybrid-tiny without tower weights stops like `outfitter train` does:
-    before Ray or MLflow start, naming the same two ways out and the same flag."""
-    from typer.testing import CliRunner
-
-    from outfitter.cli import app
-
-    work = tmp_path / "work"
-    args = ["tune", "--config", str(SMOKE), "--data", str(synth_dir), "--workdir", str(work)]
-    result = CliRunner().invoke(app, args)
-    assert result.exit_code == 2, result.output
-    out = " ".join(result.output.split())  # rich may wrap the line
-    assert out.startswith("error: model config 'hybrid-tiny' reads frozen CLIP image and text")
-    assert f"outfitter clip-pretrain --data {synth_dir} --out towers.safetensors" in out
-    assert "--set clip.pretrained=towers.safetensors" in out
-    assert "--set clip.pretrained=FILE" in out and "--allow-random-towers" in out
-    assert "Traceback" not in result.output and not work.exists()
-
-
 @pytest.mark.parametrize(
     ("extra", "warned"),
     [
@@ -90,7 +71,8 @@ def test_cli_tune_refuses_random_frozen_towers(synth_dir, tmp_path):
 def test_cli_tune_passes_the_guard_with_the_flag_or_weights(
     synth_dir, tmp_path, monkeypatch, extra, warned
 ):
-    """Past the guard the search starts with the `--set` overrides (stopped there: no Ray)."""
+    """Past the guard (its refusal: test_model_clip.py::test_cli_refuses_random_frozen_towers) the
+    search starts with the `--set` overrides (stopped there: no Ray)."""
     from typer.testing import CliRunner
 
     from outfitter.cli import app
