@@ -149,6 +149,32 @@ def _train_worker_pids() -> list[int]:
     return own_processes("ray::RayTrainWorker")
 
 
+def kill_a_worker_mid_run(train, storage: Path, *, wait_s: float, join_s: float):
+    """Run `train()` in a thread; once the controller has registered a checkpoint (its snapshot
+    file lists it), SIGKILL one Train worker of this test's Ray. Returns (what `train()`
+    returned, the pid killed)."""
+    box: dict = {}
+
+    def run():
+        try:
+            box["outcome"] = train()
+        except BaseException as err:  # surfaced by the assertion below
+            box["error"] = err
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    deadline = time.time() + wait_s
+    while time.time() < deadline and not _registered_checkpoints(storage):
+        time.sleep(0.1)
+    assert _registered_checkpoints(storage), "no checkpoint was registered"
+    pids = _train_worker_pids()
+    assert pids, "no live Ray Train worker to kill"
+    os.kill(pids[0], signal.SIGKILL)
+    thread.join(timeout=join_s)
+    assert "error" not in box, box.get("error")
+    return box["outcome"], pids[0]
+
+
 @pytest.mark.slow
 def test_killed_worker_resumes_from_last_checkpoint(trained, synth_dir):
     """SIGKILL a Train worker after the first checkpoint: the run finishes, restarted from it,
@@ -158,35 +184,20 @@ def test_killed_worker_resumes_from_last_checkpoint(trained, synth_dir):
     work, _ = trained
     # Small batches make each epoch take a few seconds, so the kill lands mid-run.
     settings = _settings(work, "killed", epochs=5, batch_size=4, max_steps_per_epoch=24)
-    storage = Path(settings.storage_path) / "killed"
-    box: dict = {}
-
-    def run():
-        try:
-            box["outcome"] = train_and_register(
-                "hybrid-tiny", synth_dir, settings, workdir=work, overrides=TINY
-            )
-        except BaseException as err:  # surfaced by the assertion below
-            box["error"] = err
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    deadline = time.time() + 240
-    # Kill once the controller has registered a checkpoint (its snapshot file lists it).
-    while time.time() < deadline and not _registered_checkpoints(storage):
-        time.sleep(0.1)
-    assert _registered_checkpoints(storage), "no checkpoint was registered"
-    pids = _train_worker_pids()
-    assert pids, "no live Ray Train worker to kill"
-    os.kill(pids[0], signal.SIGKILL)
-    thread.join(timeout=300)
-    assert "error" not in box, box.get("error")
-    history = box["outcome"].history
+    outcome, killed = kill_a_worker_mid_run(
+        lambda: train_and_register(
+            "hybrid-tiny", synth_dir, settings, workdir=work, overrides=TINY
+        ),
+        Path(settings.storage_path) / "killed",
+        wait_s=240,
+        join_s=300,
+    )
+    history = outcome.history
     assert history[-1]["epoch"] == 5
     resumed = [h["resumed_from_epoch"] for h in history]
     epochs = [h["epoch"] for h in history]
     assert max(resumed) >= 1, (
-        f"the restarted group did not resume from a checkpoint: {resumed} {epochs} killed {pids}"
+        f"the restarted group did not resume from a checkpoint: {resumed} {epochs} killed {killed}"
     )
     assert len(epochs) - len(set(epochs)) <= 1, (
         f"more than the epoch in flight was repeated: {epochs}"
