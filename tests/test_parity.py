@@ -128,7 +128,7 @@ def test_one_item_one_outfit_same_vector_and_score_everywhere(
     ev_builder = InputBuilder.for_model(ev_model, catalog, training_features(ev_model.cfg, catalog))
     ev_vecs = model_evaluate.encode_catalog(ev_model, ev_builder, catalog.item_ids)  # (M, D)
     rows = [catalog.item_ids.index(i) for i in outfit]
-    ev_score = prob(torch.from_numpy(model_evaluate._compat_scores(ev_model, ev_vecs, [rows], 8)))
+    ev_score = prob(torch.from_numpy(model_evaluate.outfit_logits(ev_model, ev_vecs, [rows], 8)))
     np.testing.assert_allclose(ev_vecs[rows].numpy(), train_vecs, atol=ATOL)
     assert ev_score[0] == pytest.approx(train_score, abs=ATOL)
 
