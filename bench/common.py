@@ -1,5 +1,5 @@
-"""Shared helpers of the benchmark scripts: the machine, the device, a synthetic catalog, timing,
-JSON results and tables.
+"""Shared helpers of the benchmark scripts: the machine, the device, a synthetic catalog, a
+server (free port, health), timing, JSON results and tables.
 
 Every script writes `bench/results/<name>.json` with the same header (`benchmark`, `date`,
 `machine`, `load_avg`, `args`) so that `bench/report.py` can say where and when each table was
@@ -115,6 +115,33 @@ def synth_catalog(
     out = Path(workdir) / "catalog"
     print(f"synthetic catalog: {n_outfits} outfits, {image_size} px -> {out}", flush=True)
     return synthesize(out, n_outfits=n_outfits, seed=seed, image_size=image_size)
+
+
+# ---------------------------------------------------------------- servers
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for a server a benchmark starts)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(base: str, timeout_s: float = 300) -> None:
+    """Wait until the serving app at `base` answers `/healthz` with 200."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base}/healthz", timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{base} not healthy after {timeout_s}s")
 
 
 # ---------------------------------------------------------------- timing

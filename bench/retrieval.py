@@ -3,7 +3,7 @@
 On a fresh synthetic catalog (a seed that no other benchmark or test uses): pre-train the tiny
 towers (`clip_pretrain`, the demo's path), train hybrid-tiny (`train_local.fit`, the same task
 and builder as Ray Train), save the checkpoint and its faiss index, and load it the way a Serve
-replica does (`serving.core.load_state`) behind the serving app (`create_app`, requests through
+replica does (`serve.core.load_state`) behind the serving app (`create_app`, requests through
 FastAPI's TestClient: the real routes, schemas and JSON). Then, for each test outfit, hide one
 item (a seeded choice) and ask `/v1/retrieve` for it with the rest as the outfit and a
 description typed as a user would:
@@ -62,9 +62,9 @@ def _serve(result, data: Path, catalog, workdir: Path):
 
     from outfitter.model.checkpoint import save_checkpoint
     from outfitter.platform.index import build_index
-    from outfitter.platform.serving.app import create_app
-    from outfitter.platform.serving.core import LocalBackend, load_state
-    from outfitter.platform.serving.service import CatalogService
+    from outfitter.platform.serve.app import create_app
+    from outfitter.platform.serve.core import LocalBackend, load_state
+    from outfitter.platform.serve.service import CatalogService
 
     folder = workdir / "checkpoint"
     save_checkpoint(folder, result.model, result.cfg, {"bench": "retrieval"},

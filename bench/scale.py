@@ -111,9 +111,7 @@ def run_stage(args: list[str], env: dict, log: Path) -> dict:
 
 def serve_stage(work: Path, data: Path, env: dict, log: Path) -> dict:
     """`outfitter serve` up, one request of each kind, Studio paging and search, then down."""
-    from serve_load import common_free_port
-
-    port = common_free_port()
+    port = common.free_port()
     config = serve_config(work, data, port)
     base = f"http://127.0.0.1:{port}"
     t0 = time.perf_counter()

@@ -45,9 +45,9 @@ def run_device(model: str, data: Path, bodies: dict, args, device: str) -> list[
     import ray
     from ray import serve
 
-    from outfitter.platform.serving import launch
+    from outfitter.platform.serve import launch
 
-    port = serve_load.common_free_port()
+    port = common.free_port()
     config = serve_load.serve_config(model, data, port, args.replicas, serve_load.ADOPTED)
     (app,) = config["applications"]
     app["args"]["device"] = device
@@ -57,7 +57,7 @@ def run_device(model: str, data: Path, bodies: dict, args, device: str) -> list[
     try:
         launch.deploy(config)
         base = f"http://127.0.0.1:{port}"
-        serve_load._wait_healthy(base)
+        common.wait_healthy(base)
         groups = serve_load.process_groups("serve", [os.getpid()])
         return serve_load.run_levels(base, bodies, args.window, args.warmup, groups)
     finally:

@@ -264,7 +264,7 @@ def run_levels(base: str, bodies: dict, seconds: float, warmup_s: float, groups)
 
 def bare_model(model: str, data: Path, bodies: dict[str, list[dict]], batch: int = 32) -> dict:
     """Forward throughput of scoring and retrieval without HTTP (outfits/s, queries/s)."""
-    from outfitter.platform.serving import core
+    from outfitter.platform.serve import core
 
     state = core.load_state(model, data, device="cpu")
     core.set_threads(1)  # as one Serve replica (num_cpus 1) and one uvicorn process here
@@ -296,25 +296,11 @@ def bare_model(model: str, data: Path, bodies: dict[str, list[dict]], batch: int
     }
 
 
-def _wait_healthy(base: str, timeout_s: float = 300) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base}/healthz", timeout=5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"{base} not healthy after {timeout_s}s")
-
-
 def serve_config(
     model: str, data: Path, port: int, replicas: int | None, env: dict, access_log: bool = False
 ) -> dict:
     """serve_configs/local.yaml on `model`; fixed at `replicas`, or autoscaling when None."""
-    from outfitter.platform.serving import launch
+    from outfitter.platform.serve import launch
 
     config = launch.load_serve_config(ROOT / "serve_configs" / "local.yaml")
     config["http_options"]["port"] = port
@@ -338,9 +324,9 @@ def run_serve(
     import ray
     from ray import serve
 
-    from outfitter.platform.serving import launch
+    from outfitter.platform.serve import launch
 
-    port = common_free_port()
+    port = common.free_port()
     if haproxy:
         os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
     before = listening()
@@ -348,7 +334,7 @@ def run_serve(
     try:
         launch.deploy(serve_config(model, data, port, args["replicas"], env, access_log))
         base = f"http://127.0.0.1:{port}"
-        _wait_healthy(base)
+        common.wait_healthy(base)
         # Serve's own HTTP sockets: the proxy (or HAProxy) port and the replicas' direct-ingress
         # ports (30000-31000); Ray's internal ports (GCS, raylet, ...) are not Serve's to choose.
         opened = sorted(
@@ -389,16 +375,8 @@ def _haproxy_pids() -> list[int]:
     ]
 
 
-def common_free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_uvicorn(model, data, bodies, args, workers: int) -> list[dict]:
-    port = common_free_port()
+    port = common.free_port()
     env = {
         **os.environ,
         "OUTFITTER_MODEL": model,
@@ -407,12 +385,12 @@ def run_uvicorn(model, data, bodies, args, workers: int) -> list[dict]:
         "OMP_NUM_THREADS": "1",  # one thread per process, as a Serve replica of num_cpus 1
     }
     cmd = [sys.executable, "-m", "uvicorn", "--factory",
-           "outfitter.platform.serving.plain:app_from_env", "--host", "127.0.0.1",
+           "outfitter.platform.serve.plain:app_from_env", "--host", "127.0.0.1",
            "--port", str(port), "--log-level", "warning", "--no-access-log",
            "--workers", str(workers)]  # fmt: skip
     server = subprocess.Popen(cmd, env=env)
     try:
-        _wait_healthy(f"http://127.0.0.1:{port}")
+        common.wait_healthy(f"http://127.0.0.1:{port}")
         time.sleep(2 if workers > 1 else 0)  # every worker up, not just the first
         groups = process_groups("uvicorn", [server.pid])
         return run_levels(
@@ -482,9 +460,9 @@ def run_burst(model, data, bodies, phases) -> dict:
     import ray
     from ray import serve
 
-    from outfitter.platform.serving import launch
+    from outfitter.platform.serve import launch
 
-    port = common_free_port()
+    port = common.free_port()
     os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"  # as `outfitter serve`
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     try:
@@ -492,7 +470,7 @@ def run_burst(model, data, bodies, phases) -> dict:
         (deployment,) = config["applications"][0]["deployments"]
         base = f"http://127.0.0.1:{port}"
         launch.deploy(config)
-        _wait_healthy(base)
+        common.wait_healthy(base)
 
         def replicas_now() -> int:
             app = serve.status().applications[APP]

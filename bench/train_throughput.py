@@ -3,7 +3,7 @@
 Two modes of the hybrid-tiny model, on one synthetic catalog:
 
 - `cached`: the configured hybrid-tiny (frozen towers): a step reads item features that Ray Data
-  embedded once (`runs.prepare_inputs`);
+  embedded once (`train.runs.prepare_inputs`);
 - `end-to-end`: the towers fine-tuned (`clip.freeze_image=false clip.freeze_text=false`): a step
   decodes JPEGs, tokenises titles and runs both CLIP towers forward and backward.
 
@@ -140,9 +140,9 @@ def ray_run(
     name: str,
 ) -> dict:
     """One platform training run; per-epoch `train_outfits_per_s` as the loop reported them."""
-    from outfitter.platform.runs import loop_config
-    from outfitter.platform.settings import TrainSettings
-    from outfitter.platform.train import build_trainer
+    from outfitter.platform.train.runs import loop_config
+    from outfitter.platform.train.settings import TrainSettings
+    from outfitter.platform.train.trainer import build_trainer
 
     settings = TrainSettings(
         epochs=epochs,
@@ -176,7 +176,7 @@ def ray_run(
 
 
 def run_mode(mode: str, args, data: Path, device: str, workdir: Path) -> list[dict]:
-    from outfitter.platform.runs import prepare_inputs
+    from outfitter.platform.train.runs import prepare_inputs
 
     cfg = model_config(mode, args.model)
     e2e = mode == "end-to-end"

@@ -164,7 +164,8 @@ def _parse_overrides(pairs: list[str] | None) -> dict:
 
 
 def _check_towers(model_config: str, overrides: dict, data: Path, allow: bool) -> None:
-    """Refuse (or, with `--allow-random-towers`, warn about) frozen towers never trained."""
+    """Refuse (or, with `--allow-random-towers`, warn about) frozen towers never trained:
+    `outfitter train` and `outfitter tune` both call it before Ray or MLflow start."""
     from outfitter.model import load_config
     from outfitter.model.towers import untrained_frozen_towers
 
@@ -189,7 +190,7 @@ def _check_towers(model_config: str, overrides: dict, data: Path, allow: bool) -
     _fail(
         f"{problem} Either pre-train the towers on your catalog, "
         f"`outfitter clip-pretrain --data {data} --out towers.safetensors "
-        f"--arch {cfg.clip.arch} --embed-dim {cfg.clip.embed_dim}`, then train with "
+        f"--arch {cfg.clip.arch} --embed-dim {cfg.clip.embed_dim}`, then pass "
         f"`--set clip.pretrained=towers.safetensors`; or load trained weights, "
         f"`--set clip.pretrained=FILE` (an open_clip tag or weights file). "
         f"To train on random towers anyway (tests, smoke runs), pass --allow-random-towers."
@@ -295,8 +296,8 @@ def train(
     """Train on Ray Train, evaluate, log to MLflow and register a version (alias challenger)."""
     import json
 
-    from outfitter.platform.runs import train_and_register
-    from outfitter.platform.settings import TrainSettings
+    from outfitter.platform.train.runs import train_and_register
+    from outfitter.platform.train.settings import TrainSettings
 
     try:
         overrides = _parse_overrides(set_)
@@ -420,13 +421,23 @@ def tune(
     data_format: str = typer.Option(
         "auto", "--format", help="Dataset format: auto (detected from the files), polyvore, amazon."
     ),
+    set_: list[str] = typer.Option(
+        None, "--set", help="Model config override KEY=VALUE for every trial."
+    ),
+    allow_random_towers: bool = typer.Option(
+        False,
+        "--allow-random-towers",
+        help="Search even though frozen CLIP towers were never trained (random init): tests only.",
+    ),
 ) -> None:
     """Run (or resume) a Ray Tune search; registers the best trial as `challenger`."""
-    from outfitter.platform.tune_config import TuneConfigError, load_search_config
-    from outfitter.platform.tune_run import run_search
+    from outfitter.platform.tune.config import TuneConfigError, load_search_config
+    from outfitter.platform.tune.driver import run_search
 
     try:
         search = load_search_config(config)
+        overrides = _parse_overrides(set_)
+        _check_towers(search.model_config_name, overrides, data, allow_random_towers)
         outcome = run_search(
             search,
             data,
@@ -434,6 +445,7 @@ def tune(
             model_name=model_name,
             storage_path=storage_path or str(workdir / "ray_results"),
             data_format=data_format,
+            overrides=overrides,
         )
     except (TuneConfigError, *_user_errors()) as err:
         _fail(str(err))
@@ -520,7 +532,7 @@ def serve(
 
     import ray
 
-    from outfitter.platform.serving import launch
+    from outfitter.platform.serve import launch
 
     try:
         prepared = launch.prepare_config(launch.load_serve_config(config), pin=pin)

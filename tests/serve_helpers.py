@@ -61,22 +61,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_http(url: str, proc, timeout: float = 120) -> None:
-    """Wait until `url` answers 200; fails early if the server process `proc` exits."""
+def wait_http(url: str, proc, timeout: float = 120, log: Path | None = None) -> None:
+    """Wait until `url` answers 200; fails early if the server process `proc` exits. `log`: the
+    server's output file, whose tail the error then shows."""
     import time
     import urllib.request
+
+    def tail() -> str:
+        return "" if log is None else ":\n" + log.read_text(errors="replace")[-3000:]
 
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"server {proc.args!r} exited with {proc.returncode}")
+            raise RuntimeError(f"server {proc.args!r} exited with {proc.returncode}{tail()}")
         try:
             with urllib.request.urlopen(url, timeout=2) as r:
                 if r.status == 200:
                     return
         except OSError:
             time.sleep(0.3)
-    raise TimeoutError(f"{url} did not answer in {timeout}s")
+    raise TimeoutError(f"{url} did not answer in {timeout}s{tail()}")
 
 
 def first_of(catalog, *categories: str) -> list[str]:
@@ -87,37 +91,16 @@ def first_of(catalog, *categories: str) -> list[str]:
     return [first[c] for c in categories]
 
 
-def _children() -> dict[int, list[int]]:
-    tree: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):  # the process ended while we looked
-            continue
-        tree.setdefault(ppid, []).append(int(stat.parent.name))
-    return tree
-
-
 def replica_pids(app: str, deployment: str) -> list[int]:
     """Live replica processes of `deployment` of `app`, started by this test process's Ray.
 
     Ray titles a replica process `ray::ServeReplica:<app>:<deployment>`; only descendants of
-    this process are considered, so another Ray instance on the machine is never touched.
+    this process are considered (`own_processes`), so another Ray instance on the machine is
+    never touched.
     """
-    import os
-
-    tree, pids, todo = _children(), [], [os.getpid()]
-    title = f"ray::ServeReplica:{app}:{deployment}".encode()
-    while todo:
-        for child in tree.get(todo.pop(), []):
-            todo.append(child)
-            try:
-                cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
-            except OSError:
-                continue
-            if cmdline.startswith(title) and cmdline[len(title) : len(title) + 1] in b". \0":
-                pids.append(child)
-    return pids
+    title = f"ray::ServeReplica:{app}:{deployment}"
+    # the whole deployment name: `Outfitter` must not match `OutfitterV2`
+    return [p for p, t in _own_titles(os.getpid()).items() if _titled(t, title, ". ")]
 
 
 def running_replicas(app: str, deployment: str) -> int:
@@ -145,7 +128,17 @@ def own_processes(title: str, root: int | None = None) -> list[int]:
     A fault test on a shared machine must kill its own Ray's worker, never another user's
     `ray::RayTrainWorker` found by title alone.
     """
-    root = root or os.getpid()
+    return sorted(p for p, t in _own_titles(root or os.getpid()).items() if _titled(t, title))
+
+
+def _titled(cmdline: str, title: str, ends: str | None = None) -> bool:
+    """`cmdline` starts with `title`, followed by one of `ends` (or nothing) when given."""
+    rest = cmdline[len(title) : len(title) + 1]
+    return cmdline.startswith(title) and (ends is None or rest == "" or rest in ends)
+
+
+def _own_titles(root: int) -> dict[int, str]:
+    """Command line (NULs as spaces) of every live process that descends from `root`."""
     parents, titles = {}, {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -166,4 +159,4 @@ def own_processes(title: str, root: int | None = None) -> list[int]:
             pid = parents.get(pid, 0)
         return False
 
-    return sorted(p for p, t in titles.items() if t.startswith(title) and p != root and descends(p))
+    return {p: t for p, t in titles.items() if p != root and descends(p)}

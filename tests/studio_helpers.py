@@ -9,12 +9,10 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import requests
-from serve_helpers import free_port
+from serve_helpers import free_port, wait_http
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -81,7 +79,7 @@ def serve_plain(
         "-m",
         "uvicorn",
         "--factory",
-        "outfitter.platform.serving.plain:app_from_env",
+        "outfitter.platform.serve.plain:app_from_env",
         "--host",
         "127.0.0.1",
         "--port",
@@ -91,7 +89,7 @@ def serve_plain(
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
-            _wait_healthy(base, proc, log_path, timeout_s)
+            wait_http(f"{base}/healthz", proc, timeout_s, log=log_path)
             yield base
         finally:
             proc.terminate()
@@ -100,20 +98,6 @@ def serve_plain(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-
-
-def _wait_healthy(base: str, proc: subprocess.Popen, log_path: Path, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            tail = log_path.read_text(errors="replace")[-3000:]
-            raise RuntimeError(f"the serving app exited with {proc.returncode}:\n{tail}")
-        with contextlib.suppress(requests.RequestException):
-            if requests.get(f"{base}/healthz", timeout=2).status_code == 200:
-                return
-        time.sleep(0.3)
-    tail = log_path.read_text(errors="replace")[-3000:]
-    raise RuntimeError(f"the serving app was not healthy within {timeout_s:.0f} s:\n{tail}")
 
 
 def ensure_chromium() -> str | None:

@@ -95,10 +95,10 @@ def test_serving_an_amazon_trained_version(trained, amazon_dir):
 
     from outfitter.data import load_catalog
     from outfitter.platform import registry
-    from outfitter.platform.serving.app import create_app
-    from outfitter.platform.serving.core import LocalBackend, load_state
-    from outfitter.platform.serving.schemas import Limits
-    from outfitter.platform.serving.service import CatalogService
+    from outfitter.platform.serve.app import create_app
+    from outfitter.platform.serve.core import LocalBackend, load_state
+    from outfitter.platform.serve.schemas import Limits
+    from outfitter.platform.serve.service import CatalogService
 
     work, _ = trained
     result = _invoke(

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from outfitter.cli import app
 from outfitter.model import ConfigError, load_config
-from outfitter.platform.settings import MONITORS, TrainSettings
+from outfitter.platform.train.settings import MONITORS, TrainSettings
 
 SAVED = json.loads((Path(__file__).parent / "fixtures" / "saved_configs.json").read_text())
 

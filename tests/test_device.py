@@ -148,8 +148,8 @@ def _on(device: str) -> torch.device:
 @pytest.mark.parametrize("device", DEVICES)
 def test_a_training_step_touches_only_the_workers_device(synth_dir, tmp_path, name, device):
     from outfitter.model import load_config
-    from outfitter.platform.loop import EpochRunner
-    from outfitter.platform.settings import TrainSettings
+    from outfitter.platform.train.loop import EpochRunner
+    from outfitter.platform.train.settings import TrainSettings
 
     device = _on(device)
     cfg = load_config(name)
@@ -194,10 +194,10 @@ def test_a_replica_answers_from_its_device(synth_dir, tmp_path_factory, device, 
     from serve_helpers import image_b64, tiny_versions
 
     from outfitter.data import load_catalog
-    from outfitter.platform.serving.app import create_app
-    from outfitter.platform.serving.core import LocalBackend, load_state
-    from outfitter.platform.serving.schemas import Limits
-    from outfitter.platform.serving.service import CatalogService
+    from outfitter.platform.serve.app import create_app
+    from outfitter.platform.serve.core import LocalBackend, load_state
+    from outfitter.platform.serve.schemas import Limits
+    from outfitter.platform.serve.service import CatalogService
 
     versions = tiny_versions(tmp_path_factory.getbasetemp() / "tiny-models", synth_dir)
     catalog = load_catalog(synth_dir)
@@ -207,7 +207,8 @@ def test_a_replica_answers_from_its_device(synth_dir, tmp_path_factory, device, 
     assert {p.device.type for p in state.model.parameters()} == {device.type}
     assert state.builder.towers.device.type == device.type, "frozen towers off the replica's GPU"
     faiss_gpu = hasattr(__import__("faiss"), "StandardGpuResources")
-    assert state.index.on_gpu == (device.type == "cuda" and faiss_gpu), "shards off its device"
+    on_gpu = any("Gpu" in kind for kind in state.index.shard_kinds().values())
+    assert on_gpu == (device.type == "cuda" and faiss_gpu), "shards off its device"
     spy = DeviceSpy(device)
     model, towers = state.model, state.builder.towers
     for method in ("encode_items", "compatibility_logits", "query", "category_logits"):

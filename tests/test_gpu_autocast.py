@@ -23,8 +23,8 @@ import pytest
 import torch
 
 from outfitter.model.device import autocast
-from outfitter.platform.loop import EpochRunner
-from outfitter.platform.settings import TrainSettings
+from outfitter.platform.train.loop import EpochRunner
+from outfitter.platform.train.settings import TrainSettings
 
 RTOL, ATOL = 0.05, 0.02
 MODELS = ["hybrid-tiny", "sun2020-tiny"]

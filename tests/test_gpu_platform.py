@@ -9,12 +9,8 @@ test_platform_train.py, test_serve_ray.py, test_device.py and test_gpu_autocast.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -64,9 +60,9 @@ def test_two_worker_ddp_with_gpu_trains_in_bf16_on_nccl(synth_dir, tmp_path, mon
 
 def test_killed_gpu_worker_resumes_from_the_last_checkpoint(ray_session, synth_dir, tmp_path):
     """SIGKILL a GPU Train worker after the first checkpoint: the run finishes from it."""
-    from test_platform_train import _registered_checkpoints, _settings, _train_worker_pids
+    from test_platform_train import _settings, kill_a_worker_mid_run
 
-    from outfitter.platform.runs import train_and_register
+    from outfitter.platform.train.runs import train_and_register
 
     if _gpus() < 1 or ray_session.cluster_resources().get("GPU", 0) < 1:
         pytest.skip("Ray sees no GPU")
@@ -75,30 +71,19 @@ def test_killed_gpu_worker_resumes_from_the_last_checkpoint(ray_session, synth_d
         tmp_path, "killed-gpu", epochs=4, batch_size=4, max_steps_per_epoch=48,
         workers=workers, use_gpu=True,
     )  # fmt: skip
-    storage = Path(settings.storage_path) / "killed-gpu"
-    box: dict = {}
-
-    def run():
-        try:
-            box["outcome"] = train_and_register(
-                "hybrid-tiny", synth_dir, settings, workdir=tmp_path,
-                overrides={"transformer.layers": 1},
-            )  # fmt: skip
-        except BaseException as err:
-            box["error"] = err
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    deadline = time.time() + 300
-    while time.time() < deadline and not _registered_checkpoints(storage):
-        time.sleep(0.1)
-    assert _registered_checkpoints(storage), "no checkpoint was registered"
-    pids = _train_worker_pids()
-    assert pids, "no live Ray Train worker to kill"
-    os.kill(pids[0], signal.SIGKILL)
-    thread.join(timeout=600)
-    assert "error" not in box, box.get("error")
-    history = box["outcome"].history
+    outcome, _ = kill_a_worker_mid_run(
+        lambda: train_and_register(
+            "hybrid-tiny",
+            synth_dir,
+            settings,
+            workdir=tmp_path,
+            overrides={"transformer.layers": 1},
+        ),
+        Path(settings.storage_path) / "killed-gpu",
+        wait_s=300,
+        join_s=600,
+    )
+    history = outcome.history
     assert history[-1]["epoch"] == 4
     assert max(h["resumed_from_epoch"] for h in history) >= 1
     assert {h["gpus"] for h in history} == {float(workers)}
@@ -141,7 +126,7 @@ def test_serve_with_device_auto_answers_from_the_gpu(ray_session, synth_dir, tmp
     from serve_helpers import free_port, image_b64, replica_pids, tiny_versions
 
     from outfitter.data import load_catalog
-    from outfitter.platform.serving import launch
+    from outfitter.platform.serve import launch
 
     if ray_session.cluster_resources().get("GPU", 0) < 0.5:
         pytest.skip("Ray sees no GPU")

@@ -73,8 +73,8 @@ def catalog_dir(tmp_path, polyvore_mini) -> Path:
 
 
 def _app(catalog_dir: Path, seen: list[str]):
-    from outfitter.platform.serving.app import create_app
-    from outfitter.platform.serving.service import CatalogService
+    from outfitter.platform.serve.app import create_app
+    from outfitter.platform.serve.service import CatalogService
 
     class Spy(CatalogService):
         def image_path(self, item_id):

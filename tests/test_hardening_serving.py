@@ -18,8 +18,8 @@ import yaml
 from fastapi.testclient import TestClient
 
 from outfitter.data import load_catalog
-from outfitter.platform.serving import security
-from outfitter.platform.serving.errors import ModelUnavailable
+from outfitter.platform.serve import security
+from outfitter.platform.serve.errors import ModelUnavailable
 
 KEY = "k3y-0f-the-tenant-0123456789abcdef"
 SERVE_CONFIGS = Path(__file__).resolve().parent.parent / "serve_configs"
@@ -56,9 +56,9 @@ def catalog(polyvore_mini):
 
 
 def _client(catalog, limits=None, **kwargs):
-    from outfitter.platform.serving.app import create_app
-    from outfitter.platform.serving.schemas import LIMITS
-    from outfitter.platform.serving.service import CatalogService
+    from outfitter.platform.serve.app import create_app
+    from outfitter.platform.serve.schemas import LIMITS
+    from outfitter.platform.serve.service import CatalogService
 
     backend = _Backend()
     limits = limits or LIMITS
@@ -119,7 +119,7 @@ def test_the_key_comes_from_env_or_file_and_is_never_shown(tmp_path):
     (tmp_path / "empty").write_text("\n")
     with pytest.raises(ValueError, match="is empty"):
         security.load_api_key({security.API_KEY_FILE_ENV: str(tmp_path / "empty")})
-    from outfitter.platform.serving.deployments import AppArgs
+    from outfitter.platform.serve.deployments import AppArgs
 
     assert not [f for f in AppArgs.model_fields if "key" in f]  # never an app argument
 
@@ -152,7 +152,7 @@ def test_only_trusted_host_headers_are_answered(catalog):
 
 
 def test_deployments_default_to_loopback_hosts_and_configs_list_theirs():
-    from outfitter.platform.serving.deployments import AppArgs
+    from outfitter.platform.serve.deployments import AppArgs
 
     assert AppArgs(data_dir="d").allowed_hosts == ["127.0.0.1", "localhost"]
     for name in ("local.yaml", "gpu.yaml"):
@@ -188,7 +188,7 @@ OVERRIDES = {
 
 @pytest.mark.parametrize("limit", list(OVERRIDES))
 def test_each_limit_override_is_enforced(catalog, limit):
-    from outfitter.platform.serving.schemas import Limits
+    from outfitter.platform.serve.schemas import Limits
 
     value, path, at_limit, over, field = OVERRIDES[limit]
     client, backend = _client(catalog, Limits(**{limit: value}))
@@ -202,7 +202,7 @@ def test_each_limit_override_is_enforced(catalog, limit):
 
 
 def test_the_schema_documents_the_overridden_limits(catalog):
-    from outfitter.platform.serving.schemas import Limits
+    from outfitter.platform.serve.schemas import Limits
 
     client, _ = _client(catalog, Limits(max_k=3))
     schemas = client.get("/openapi.json").json()["components"]["schemas"]
@@ -213,8 +213,8 @@ def test_the_schema_documents_the_overridden_limits(catalog):
 
 
 def test_a_replica_load_error_holds_no_credentials(monkeypatch):
-    from outfitter.platform.serving import core
-    from outfitter.platform.serving.deployments import BatchedBackend
+    from outfitter.platform.serve import core
+    from outfitter.platform.serve.deployments import BatchedBackend
 
     def fails(*args, **kwargs):
         raise OSError("cannot reach http://bob:s3cr3t-Pa55@10.0.0.1:5000/api (refused)")
@@ -273,7 +273,7 @@ def test_no_config_opens_the_ray_dashboard():
 def test_a_serve_replica_builds_its_app_with_the_key_and_hosts(polyvore_mini, monkeypatch):
     """The deployment's own wiring: `Outfitter.__init__` reads the key from the environment and
     `__serve_build_asgi_app__` installs it and `allowed_hosts` (no Ray: the user class itself)."""
-    from outfitter.platform.serving.deployments import Outfitter
+    from outfitter.platform.serve.deployments import Outfitter
 
     monkeypatch.setenv(security.API_KEY_ENV, KEY)
     user_class = next(c for c in Outfitter.func_or_class.__mro__[1:] if "__init__" in vars(c))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -95,12 +97,20 @@ def test_untrained_frozen_towers(name, overrides, untrained):
     assert untrained_frozen_towers(load_config(name, overrides or None)) == untrained
 
 
-def test_cli_train_refuses_random_frozen_towers(synth_dir, tmp_path):
-    """The README's first try on a new catalog: stopped before Ray or MLflow, with the way out."""
+SMOKE_SEARCH = Path(__file__).resolve().parents[1] / "tune_configs" / "smoke.yaml"
+
+
+@pytest.mark.parametrize(
+    "command", [["train"], ["tune", "--config", str(SMOKE_SEARCH)]], ids=["train", "tune"]
+)
+def test_cli_refuses_random_frozen_towers(synth_dir, tmp_path, command):
+    """The README's first try on a new catalog, `outfitter train` or `outfitter tune` (hybrid-tiny):
+    stopped before Ray or MLflow, with the same way out."""
     from outfitter.cli import app
 
     work = tmp_path / "work"
-    result = CliRunner().invoke(app, ["train", "--data", str(synth_dir), "--workdir", str(work)])
+    args = [*command, "--data", str(synth_dir), "--workdir", str(work)]
+    result = CliRunner().invoke(app, args)
     assert result.exit_code == 2, result.output
     out = " ".join(result.output.split())  # rich may wrap the line
     assert out.startswith("error: model config 'hybrid-tiny' reads frozen CLIP image and text")

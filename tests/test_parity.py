@@ -33,10 +33,10 @@ from outfitter.model.inputs import InputBuilder
 from outfitter.model.towers import create_towers
 from outfitter.platform.embed import TowerEmbedder
 from outfitter.platform.index import build_index
-from outfitter.platform.serving.app import create_app
-from outfitter.platform.serving.core import LocalBackend, load_state
-from outfitter.platform.serving.schemas import Limits
-from outfitter.platform.serving.service import CatalogService
+from outfitter.platform.serve.app import create_app
+from outfitter.platform.serve.core import LocalBackend, load_state
+from outfitter.platform.serve.schemas import Limits
+from outfitter.platform.serve.service import CatalogService
 
 ATOL = 1e-5
 
@@ -128,7 +128,7 @@ def test_one_item_one_outfit_same_vector_and_score_everywhere(
     ev_builder = InputBuilder.for_model(ev_model, catalog, training_features(ev_model.cfg, catalog))
     ev_vecs = model_evaluate.encode_catalog(ev_model, ev_builder, catalog.item_ids)  # (M, D)
     rows = [catalog.item_ids.index(i) for i in outfit]
-    ev_score = prob(torch.from_numpy(model_evaluate._compat_scores(ev_model, ev_vecs, [rows], 8)))
+    ev_score = prob(torch.from_numpy(model_evaluate.outfit_logits(ev_model, ev_vecs, [rows], 8)))
     np.testing.assert_allclose(ev_vecs[rows].numpy(), train_vecs, atol=ATOL)
     assert ev_score[0] == pytest.approx(train_score, abs=ATOL)
 

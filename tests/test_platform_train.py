@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from serve_helpers import free_port, wait_http
 
-from outfitter.platform.settings import TrainSettings
+from outfitter.platform.train.settings import TrainSettings
 
 TINY = {"transformer.layers": 1}
 
@@ -61,7 +61,7 @@ def driver_calls(monkeypatch_module) -> dict:
 def trained(ray_session, synth_dir, tmp_path_factory, monkeypatch_module, driver_calls):
     """One tiny 2-worker training run registered in a local sqlite MLflow store (and promoted,
     its index built and logged); `driver_calls` after it, in `work/driver_calls.json`."""
-    from outfitter.platform.runs import train_and_register
+    from outfitter.platform.train.runs import train_and_register
 
     work = tmp_path_factory.mktemp("train")
     monkeypatch_module.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -123,7 +123,7 @@ def test_evaluate_reproduces_validation_numbers(trained, synth_dir, driver_calls
 
 
 def test_rerunning_a_finished_run_name_is_refused(trained, synth_dir):
-    from outfitter.platform.runs import train_and_register
+    from outfitter.platform.train.runs import train_and_register
 
     work, _ = trained
     with pytest.raises(ValueError, match="already finished"):
@@ -149,44 +149,55 @@ def _train_worker_pids() -> list[int]:
     return own_processes("ray::RayTrainWorker")
 
 
-@pytest.mark.slow
-def test_killed_worker_resumes_from_last_checkpoint(trained, synth_dir):
-    """SIGKILL a Train worker after the first checkpoint: the run finishes, restarted from it,
-    with the metrics of the same run uninterrupted."""
-    from outfitter.platform.runs import train_and_register
-
-    work, _ = trained
-    # Small batches make each epoch take a few seconds, so the kill lands mid-run.
-    settings = _settings(work, "killed", epochs=5, batch_size=4, max_steps_per_epoch=24)
-    storage = Path(settings.storage_path) / "killed"
+def kill_a_worker_mid_run(train, storage: Path, *, wait_s: float, join_s: float):
+    """Run `train()` in a thread; once the controller has registered a checkpoint (its snapshot
+    file lists it), SIGKILL one Train worker of this test's Ray. Returns (what `train()`
+    returned, the pid killed)."""
     box: dict = {}
 
     def run():
         try:
-            box["outcome"] = train_and_register(
-                "hybrid-tiny", synth_dir, settings, workdir=work, overrides=TINY
-            )
+            box["outcome"] = train()
         except BaseException as err:  # surfaced by the assertion below
             box["error"] = err
 
     thread = threading.Thread(target=run)
     thread.start()
-    deadline = time.time() + 240
-    # Kill once the controller has registered a checkpoint (its snapshot file lists it).
+    deadline = time.time() + wait_s
     while time.time() < deadline and not _registered_checkpoints(storage):
         time.sleep(0.1)
     assert _registered_checkpoints(storage), "no checkpoint was registered"
     pids = _train_worker_pids()
     assert pids, "no live Ray Train worker to kill"
     os.kill(pids[0], signal.SIGKILL)
-    thread.join(timeout=300)
+    thread.join(timeout=join_s)
     assert "error" not in box, box.get("error")
-    history = box["outcome"].history
+    return box["outcome"], pids[0]
+
+
+@pytest.mark.slow
+def test_killed_worker_resumes_from_last_checkpoint(trained, synth_dir):
+    """SIGKILL a Train worker after the first checkpoint: the run finishes, restarted from it,
+    with the metrics of the same run uninterrupted."""
+    from outfitter.platform.train.runs import train_and_register
+
+    work, _ = trained
+    # Small batches make each epoch take a few seconds, so the kill lands mid-run.
+    settings = _settings(work, "killed", epochs=5, batch_size=4, max_steps_per_epoch=24)
+    outcome, killed = kill_a_worker_mid_run(
+        lambda: train_and_register(
+            "hybrid-tiny", synth_dir, settings, workdir=work, overrides=TINY
+        ),
+        Path(settings.storage_path) / "killed",
+        wait_s=240,
+        join_s=300,
+    )
+    history = outcome.history
     assert history[-1]["epoch"] == 5
     resumed = [h["resumed_from_epoch"] for h in history]
     epochs = [h["epoch"] for h in history]
     assert max(resumed) >= 1, (
-        f"the restarted group did not resume from a checkpoint: {resumed} {epochs} killed {pids}"
+        f"the restarted group did not resume from a checkpoint: {resumed} {epochs} killed {killed}"
     )
     assert len(epochs) - len(set(epochs)) <= 1, (
         f"more than the epoch in flight was repeated: {epochs}"
@@ -208,7 +219,7 @@ def test_train_register_load_against_mlflow_server(ray_session, synth_dir, tmp_p
     """The cluster set-up: a real `mlflow server` process on 127.0.0.1 as the tracking URI."""
     from outfitter.model.checkpoint import load_checkpoint
     from outfitter.platform import registry
-    from outfitter.platform.runs import train_and_register
+    from outfitter.platform.train.runs import train_and_register
 
     port = free_port()
     server = subprocess.Popen(
@@ -255,7 +266,7 @@ def test_train_register_load_against_mlflow_server(ray_session, synth_dir, tmp_p
 def test_epoch_progress_shows_the_epochs_logged_to_mlflow(tmp_path, capsys):
     import mlflow
 
-    from outfitter.platform.runs import EpochProgress
+    from outfitter.platform.train.runs import EpochProgress
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = mlflow.MlflowClient(tracking_uri=uri)

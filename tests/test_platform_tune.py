@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from outfitter.platform.tune_config import TuneConfigError, load_search_config
+from outfitter.platform.tune.config import TuneConfigError, load_search_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "tune_configs" / "smoke.yaml"
@@ -61,10 +61,40 @@ def test_missing_config_file_names_it(tmp_path):
         load_search_config(tmp_path / "nope.yaml")
 
 
+@pytest.mark.parametrize(
+    ("extra", "warned"),
+    [
+        (["--allow-random-towers"], True),  # warned, then searched
+        (["--set", "clip.pretrained=towers.safetensors"], False),  # weights given: no word
+    ],
+)
+def test_cli_tune_passes_the_guard_with_the_flag_or_weights(
+    synth_dir, tmp_path, monkeypatch, extra, warned
+):
+    """Past the guard (its refusal: test_model_clip.py::test_cli_refuses_random_frozen_towers) the
+    search starts with the `--set` overrides (stopped there: no Ray)."""
+    from typer.testing import CliRunner
+
+    from outfitter.cli import app
+    from outfitter.platform.tune import driver
+
+    def reached(search, data_dir, **kwargs):
+        raise ValueError(f"run_search reached with overrides={kwargs['overrides']}")
+
+    monkeypatch.setattr(driver, "run_search", reached)
+    args = ["tune", "--config", str(SMOKE), "--data", str(synth_dir), "--workdir", str(tmp_path)]
+    result = CliRunner().invoke(app, args + extra)
+    out = " ".join(result.output.split())
+    assert result.exit_code == 2 and "run_search reached with overrides=" in out, out
+    assert ("WARNING:" in out and "Training anyway (--allow-random-towers)" in out) == warned
+    if not warned:
+        assert "{'clip.pretrained': 'towers.safetensors'}" in out
+
+
 @pytest.mark.slow
 def test_smoke_search_registers_the_best_trial(ray_session, synth_dir, tmp_path, monkeypatch):
     from outfitter.platform import registry
-    from outfitter.platform.tune_run import run_search
+    from outfitter.platform.tune.driver import run_search
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     search = load_search_config(SMOKE)
@@ -125,6 +155,7 @@ def test_killed_search_resumes_with_the_same_command(synth_dir, tmp_path):
         str(tmp_path),
         "--storage-path",
         str(storage),
+        "--allow-random-towers",
     ]
     env = dict(os.environ)
     env.pop("MLFLOW_TRACKING_URI", None)

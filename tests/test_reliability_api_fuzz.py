@@ -1,6 +1,6 @@
 """Generated requests against the served OpenAPI schema (schemathesis): zero 5xx, zero crashes.
 
-The app is the real FastAPI app of `serving.app.create_app` over a tiny model (in-process ASGI,
+The app is the real FastAPI app of `serve.app.create_app` over a tiny model (in-process ASGI,
 no Ray, no sockets). schemathesis derives valid and invalid requests (positive and negative modes)
 for every operation of `/openapi.json` and runs its checks on each response: no server error,
 documented status codes and content types, responses matching their schemas, invalid data
@@ -19,10 +19,10 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 from serve_helpers import tiny_versions
 
 from outfitter.data import load_catalog
-from outfitter.platform.serving.app import create_app
-from outfitter.platform.serving.core import LocalBackend, load_state
-from outfitter.platform.serving.schemas import Limits
-from outfitter.platform.serving.service import CatalogService
+from outfitter.platform.serve.app import create_app
+from outfitter.platform.serve.core import LocalBackend, load_state
+from outfitter.platform.serve.schemas import Limits
+from outfitter.platform.serve.service import CatalogService
 
 EXAMPLES_PER_OPERATION = 40
 MIN_CASES = 250  # 7 operations x 2 modes; fewer means the fuzz silently generated (almost) nothing

@@ -204,7 +204,7 @@ def _mark_ran():
 def test_a_tampered_training_state_is_refused(tiny, tmp_path):
     """A checkpoint's `training_state.pt` carrying a pickled callable never runs it on resume."""
     from outfitter.model.checkpoint import save_checkpoint
-    from outfitter.platform.loop import STATE_FILE, EpochRunner
+    from outfitter.platform.train.loop import STATE_FILE, EpochRunner
 
     folder, model, cfg = tiny
     save_checkpoint(tmp_path, model, cfg, {})
@@ -276,8 +276,8 @@ class _StubBackend:
 
 @pytest.fixture(scope="module")
 def api(polyvore_mini):
-    from outfitter.platform.serving.app import create_app
-    from outfitter.platform.serving.service import CatalogService
+    from outfitter.platform.serve.app import create_app
+    from outfitter.platform.serve.service import CatalogService
 
     catalog = load_catalog(polyvore_mini)
     app = create_app(CatalogService(catalog, _StubBackend()), static_dir=None)  # default limits
@@ -299,7 +299,7 @@ def test_default_request_limits():
     """The defaults every deployment gets; enforcement is tested in test_serve_app.py
     (test_bodies_over_the_limit_and_malformed_json, test_bad_images) and over HTTP in
     test_serve_ray.py (test_every_endpoint_over_http: a 9 MiB body gets a 413)."""
-    from outfitter.platform.serving.schemas import LIMITS
+    from outfitter.platform.serve.schemas import LIMITS
 
     assert LIMITS.max_body_bytes == 8 * 1024 * 1024
     assert LIMITS.max_image_bytes == 4 * 1024 * 1024
@@ -325,7 +325,7 @@ def test_serve_configs_bind_loopback():
     its pod behind the cluster Service, binds all interfaces."""
     from ray.serve.config import HTTPOptions
 
-    from outfitter.platform.serving import launch
+    from outfitter.platform.serve import launch
 
     for path in sorted(SERVE_CONFIGS.glob("*.yaml")):
         if path.name.startswith("rayservice"):  # Kubernetes manifests
@@ -371,8 +371,8 @@ def test_training_params_and_artifacts_hold_no_credentials(tmp_path, monkeypatch
 
     from outfitter.model import load_config
     from outfitter.platform import registry
-    from outfitter.platform.runs import _log_params
-    from outfitter.platform.settings import TrainSettings
+    from outfitter.platform.train.runs import _log_params
+    from outfitter.platform.train.settings import TrainSettings
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     registry.configure_tracking()
@@ -397,8 +397,8 @@ def test_training_params_and_artifacts_hold_no_credentials(tmp_path, monkeypatch
 
 def test_checkpoint_meta_holds_no_credentials(tiny, tmp_path):
     """`EpochRunner.save` writes the settings into meta.json, which ships with the model."""
-    from outfitter.platform.loop import EpochRunner
-    from outfitter.platform.settings import TrainSettings
+    from outfitter.platform.train.loop import EpochRunner
+    from outfitter.platform.train.settings import TrainSettings
 
     _, model, cfg = tiny
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)

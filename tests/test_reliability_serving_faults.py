@@ -23,8 +23,8 @@ import requests
 from serve_helpers import free_port, replica_pids, running_replicas, tiny_versions
 
 from outfitter.platform import registry
-from outfitter.platform.serving import launch
-from outfitter.platform.serving.deployments import DEPLOYMENT, BatchedBackend
+from outfitter.platform.serve import launch
+from outfitter.platform.serve.deployments import DEPLOYMENT, BatchedBackend
 
 CONFIG = Path(__file__).resolve().parent.parent / "serve_configs" / "local.yaml"
 APP = "reliability"

@@ -23,8 +23,8 @@ import pytest
 from serve_helpers import own_processes
 from typer.testing import CliRunner
 
-from outfitter.platform import train
-from outfitter.platform.loop import STATE_FILE
+from outfitter.platform.train import trainer
+from outfitter.platform.train.loop import STATE_FILE
 
 COMPLETE = {"config.json", "model.safetensors", "meta.json", STATE_FILE}
 
@@ -51,18 +51,18 @@ def _unwritable(tmp_path: Path, kind: str) -> Path:
 def test_unwritable_storage_fails_with_a_clear_error(tmp_path, kind):
     path = _unwritable(tmp_path, kind)
     with pytest.raises(PermissionError, match=r"training storage path .* is not writable .*"):
-        train.checked_storage_path(str(path))
+        trainer.checked_storage_path(str(path))
 
 
 def test_full_disk_fails_with_a_clear_error(tmp_path, monkeypatch):
     usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr(train.shutil, "disk_usage", lambda p: usage(2**30, 2**30 - 2**20, 2**20))
+    monkeypatch.setattr(trainer.shutil, "disk_usage", lambda p: usage(2**30, 2**30 - 2**20, 2**20))
     with pytest.raises(PermissionError, match=r"has 1 MiB free; checkpoints need at least 512"):
-        train.checked_storage_path(str(tmp_path / "ray_results"))
+        trainer.checked_storage_path(str(tmp_path / "ray_results"))
 
 
 def test_uri_storage_passes_through():
-    assert train.checked_storage_path("s3://bucket/results") == "s3://bucket/results"
+    assert trainer.checked_storage_path("s3://bucket/results") == "s3://bucket/results"
 
 
 @pytest.mark.parametrize("fault", ["unwritable", "full-disk"])
@@ -75,7 +75,7 @@ def test_cli_train_fails_fast_before_anything_starts(tmp_path, synth_dir, monkey
         storage = _unwritable(tmp_path, "parent-is-a-file")
     else:
         usage = namedtuple("usage", "total used free")
-        monkeypatch.setattr(train.shutil, "disk_usage", lambda p: usage(2**30, 2**30, 0))
+        monkeypatch.setattr(trainer.shutil, "disk_usage", lambda p: usage(2**30, 2**30, 0))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     workdir = tmp_path / "work"
     args = ["train", "--data", str(synth_dir), "--workdir", str(workdir), "--allow-random-towers"]
@@ -114,7 +114,7 @@ def test_a_crash_while_saving_reports_no_checkpoint(monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     with pytest.raises(OSError, match="No space left"):
-        train._report(_runner(save), 0, {"epoch": 1}, rank=0)
+        trainer._report(_runner(save), 0, {"epoch": 1}, rank=0)
     assert reported == [], "a half-written checkpoint was reported"
     assert not folders[0].exists(), "the partial checkpoint folder was left behind"
 
@@ -126,8 +126,8 @@ def test_a_checkpoint_is_complete_when_reported(monkeypatch, synth_dir, tmp_path
     from serve_helpers import tiny_versions
 
     from outfitter.model.checkpoint import load_checkpoint
-    from outfitter.platform.loop import EpochRunner
-    from outfitter.platform.settings import TrainSettings
+    from outfitter.platform.train.loop import EpochRunner
+    from outfitter.platform.train.settings import TrainSettings
 
     model, cfg, _ = load_checkpoint(
         tiny_versions(tmp_path_factory.getbasetemp() / "tiny-models", synth_dir)[0]
@@ -145,7 +145,7 @@ def test_a_checkpoint_is_complete_when_reported(monkeypatch, synth_dir, tmp_path
 
     monkeypatch.setattr(ray.train, "report", report)
     runner = _runner(lambda d, e, m: EpochRunner.save(state, d, e, m))
-    train._report(runner, 0, {"epoch": 1}, rank=0)
+    trainer._report(runner, 0, {"epoch": 1}, rank=0)
     assert len(seen) == 1 and seen[0] >= COMPLETE, seen
 
 
@@ -259,7 +259,7 @@ def _mlflow_history(workdir: Path, run_id: str) -> list[dict]:
     """Epoch reports of the run, both drivers' (the re-run resumes the same MLflow run)."""
     import mlflow
 
-    from outfitter.platform.runs import _history
+    from outfitter.platform.train.runs import _history
 
     old = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(f"sqlite:///{workdir / 'mlflow.db'}")

@@ -17,10 +17,10 @@ from PIL import Image
 from serve_helpers import first_of, image_b64, tiny_versions
 
 from outfitter.data import load_catalog
-from outfitter.platform.serving.app import create_app
-from outfitter.platform.serving.core import LocalBackend, load_state
-from outfitter.platform.serving.schemas import Limits
-from outfitter.platform.serving.service import CatalogService
+from outfitter.platform.serve.app import create_app
+from outfitter.platform.serve.core import LocalBackend, load_state
+from outfitter.platform.serve.schemas import Limits
+from outfitter.platform.serve.service import CatalogService
 
 LIMITS = Limits(max_body_bytes=256 * 1024, max_image_bytes=32 * 1024, max_image_pixels=128 * 128)
 
@@ -333,7 +333,7 @@ class _Broken:
     [(RuntimeError("secret internal detail"), 500), (None, 503)],
 )
 def test_internal_errors_leak_nothing(catalog, outfit, exc, status):
-    from outfitter.platform.serving.errors import ModelUnavailable
+    from outfitter.platform.serve.errors import ModelUnavailable
 
     exc = exc or ModelUnavailable("the model is still loading")
     app = create_app(CatalogService(catalog, _Broken(exc), LIMITS), LIMITS, static_dir=None)
@@ -345,7 +345,7 @@ def test_internal_errors_leak_nothing(catalog, outfit, exc, status):
 
 def test_concurrent_requests_share_the_backend(catalog, backend, outfit):
     service = CatalogService(catalog, backend, LIMITS)
-    from outfitter.platform.serving.schemas import CompatibilityRequest
+    from outfitter.platform.serve.schemas import CompatibilityRequest
 
     req = CompatibilityRequest(items=refs(outfit))
 
@@ -388,7 +388,7 @@ def test_twelve_big_pngs_are_refused_by_the_pixel_budget(catalog, backend, monke
     """Twelve 4096x4096 solid PNGs: a ~0.7 MB body that would decode to ~600 MB of pixels. Each
     image is within the per-image limits; together they break the per-request budget, and the
     answer (413 naming it) comes before any of them is decoded."""
-    from outfitter.platform.serving import errors
+    from outfitter.platform.serve import errors
 
     decoded = []
     monkeypatch.setattr(errors, "_decode", lambda *a: decoded.append(a) or Image.new("RGB", (1, 1)))
@@ -407,7 +407,7 @@ def test_twelve_big_pngs_are_refused_by_the_pixel_budget(catalog, backend, monke
 
 
 def test_uploaded_images_are_shrunk_to_the_tower_input(backend):
-    from outfitter.platform.serving.errors import decode_image_b64
+    from outfitter.platform.serve.errors import decode_image_b64
 
     side = (asyncio.run(backend.info()))["image_size"]
     assert side and side < 300
@@ -463,7 +463,7 @@ def test_image_decoding_does_not_block_the_event_loop(catalog, backend, outfit, 
 
     import httpx
 
-    from outfitter.platform.serving import errors
+    from outfitter.platform.serve import errors
 
     real = errors._decode
 

@@ -9,8 +9,8 @@ import pytest
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
-from outfitter.platform.serving import launch
-from outfitter.platform.serving.deployments import DEPLOYMENT, AppArgs, build_app
+from outfitter.platform.serve import launch
+from outfitter.platform.serve.deployments import DEPLOYMENT, AppArgs, build_app
 
 CONFIGS = Path(__file__).resolve().parent.parent / "serve_configs"
 

@@ -12,13 +12,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import requests
 import yaml
-from serve_helpers import free_port, tiny_versions
+from serve_helpers import free_port, tiny_versions, wait_http
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -54,16 +53,7 @@ def test_outfitter_serve_behind_haproxy_stays_on_loopback(synth_dir, tmp_path_fa
     server = subprocess.Popen([*cli, "--address", "local"], env=env, cwd=tmp_path)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 400
-        while True:
-            assert server.poll() is None, "outfitter serve exited"
-            try:
-                if requests.get(f"{base}/healthz", timeout=5).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            assert time.monotonic() < deadline, "not healthy after 400 s"
-            time.sleep(1)
+        wait_http(f"{base}/healthz", server, timeout=400)
         sockets = _listening()
         serve_ports = {p: a for p, a in sockets.items() if p == port or 30000 <= p <= 31000}
         assert len(serve_ports) >= 2, serve_ports  # HAProxy's port and the replica's own

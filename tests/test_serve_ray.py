@@ -21,7 +21,7 @@ import requests
 from serve_helpers import free_port, image_b64, replica_pids, running_replicas, tiny_versions
 
 from outfitter.platform import registry
-from outfitter.platform.serving import launch
+from outfitter.platform.serve import launch
 
 CONFIG = Path(__file__).resolve().parent.parent / "serve_configs" / "local.yaml"
 pytestmark = pytest.mark.timeout(600)

@@ -19,9 +19,9 @@ from outfitter.model.checkpoint import save_checkpoint
 from outfitter.model.factory import build_model
 from outfitter.model.inputs import InputBuilder
 from outfitter.platform.index import build_index
-from outfitter.platform.serving.app import create_app
-from outfitter.platform.serving.core import LocalBackend, load_state
-from outfitter.platform.serving.service import CatalogService
+from outfitter.platform.serve.app import create_app
+from outfitter.platform.serve.core import LocalBackend, load_state
+from outfitter.platform.serve.service import CatalogService
 
 
 @pytest.fixture(scope="module")

@@ -22,8 +22,8 @@ import pytest
 import requests
 from serve_helpers import free_port, replica_pids, rss_mb, running_replicas, tiny_versions
 
-from outfitter.platform.serving import launch
-from outfitter.platform.serving.deployments import DEPLOYMENT
+from outfitter.platform.serve import launch
+from outfitter.platform.serve.deployments import DEPLOYMENT
 
 CONFIG = Path(__file__).resolve().parent.parent / "serve_configs" / "local.yaml"
 APP = "scaling"

@@ -11,7 +11,7 @@ checkpoint's `towers.safetensors`, costing one more Ray Data pass.)
 
 Ray Data embeds the catalog with the ViT-B/32 towers, Ray Train runs one epoch (one worker),
 `outfitter evaluate` and `outfitter index build` run on the registered version, and one request
-goes through the serving core: the in-process plain app (`serving.plain.app_from_env`, the same
+goes through the serving core: the in-process plain app (`serve.plain.app_from_env`, the same
 `load_state` + routes a Serve replica runs; a Ray Serve start would add ~20 s to this test).
 """
 
@@ -115,7 +115,7 @@ def test_hybrid_vit_b32_embed_train_evaluate_index_serve(
     monkeypatch.setenv("OUTFITTER_MODEL", uri)
     monkeypatch.setenv("OUTFITTER_DATA", str(data))
     monkeypatch.setenv("OUTFITTER_DEVICE", "auto")
-    from outfitter.platform.serving.plain import app_from_env
+    from outfitter.platform.serve.plain import app_from_env
 
     client = TestClient(app_from_env())
     outfit = [{"item_id": i} for i in catalog.item_ids[:2]]

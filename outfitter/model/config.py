@@ -3,8 +3,9 @@
 `load_config("hybrid-tiny", {"transformer.layers": 1})` reads `configs/hybrid-tiny.yaml` (or a
 YAML path), applies dotted overrides, and validates every field; errors name the field and value.
 `ModelConfig.kind` picks the architecture (`hybrid` or `sun2020`); nothing looks at names.
-`FrozenConfig` is the base of the model configs and of the train settings (`platform.settings`):
-strings from the CLI become the field's type, and an error names the field, the rule and the value.
+`FrozenConfig` is the base of the model configs, of the train settings (`platform.train.settings`)
+and of Tune's search configs: strings from the CLI become the field's type, and an error names the
+field, the rule and the value.
 """
 
 from __future__ import annotations

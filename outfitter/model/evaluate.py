@@ -78,7 +78,9 @@ def _pad(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
-def _compat_scores(model, vecs, outfits: list[list[int]], batch_size: int) -> np.ndarray:
+def outfit_logits(model, vecs, outfits: list[list[int]], batch_size: int) -> np.ndarray:
+    """Compatibility logits (B,) of outfits given as rows of the item vectors `vecs` (M, D): the
+    one definition of scoring outfits for evaluation, pair metrics, plots and the pyfunc model."""
     scores = []
     for i in range(0, len(outfits), batch_size):
         items, mask = _pad(outfits[i : i + batch_size])
@@ -148,7 +150,7 @@ def evaluate(
     result["compatibility_auc"] = float("nan")
     if split.compatibility:
         outfits = [[row[i] for i in q.item_ids] for q in split.compatibility]
-        scores = _compat_scores(model, vecs, outfits, batch_size)
+        scores = outfit_logits(model, vecs, outfits, batch_size)
         labels = [q.label for q in split.compatibility]
         if len(set(labels)) == 2:
             result["compatibility_auc"] = metrics.compatibility_auc(labels, scores)
@@ -161,7 +163,7 @@ def evaluate(
         completed = [
             qs + [a] for qs, ans in zip(questions, answers.tolist(), strict=True) for a in ans
         ]
-        compat = _compat_scores(model, vecs, completed, batch_size).reshape(answers.shape)
+        compat = outfit_logits(model, vecs, completed, batch_size).reshape(answers.shape)
         result["fitb_accuracy_compat"] = metrics.fitb_accuracy(compat, correct)
         cats = [
             Counter(catalog.items[i].category_index for i in q.answers).most_common(1)[0][0]

@@ -16,24 +16,12 @@ NaN for a task the split lacks, like `evaluate.evaluate`, and `n_*` counts.
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from outfitter.data.types import Catalog, Split
 from outfitter.model import metrics
-from outfitter.model.evaluate import vectors_or_encode
+from outfitter.model.evaluate import outfit_logits, vectors_or_encode
 
 HIT_KS = (1, 5, 10)
-
-
-@torch.no_grad()
-def pair_scores(model, vecs: torch.Tensor, pairs: np.ndarray, batch_size: int = 1024) -> np.ndarray:
-    """Compatibility logits (P,) of item pairs (P, 2) given as rows of `vecs` (M, D)."""
-    out = []
-    for i in range(0, len(pairs), batch_size):
-        rows = torch.as_tensor(pairs[i : i + batch_size], device=vecs.device)  # (B, 2)
-        mask = torch.ones(rows.shape, dtype=torch.bool, device=vecs.device)  # (B, 2)
-        out.append(model.compatibility_logits(vecs[rows], mask).float().cpu())
-    return torch.cat(out).numpy() if out else np.zeros(0)
 
 
 def ranks(scores: list[np.ndarray], correct: list[int]) -> np.ndarray:
@@ -62,13 +50,13 @@ def evaluate_pairs(
     if len(set(labels)) == 2:
         pairs = np.array([[row[i] for i in q.item_ids] for q in split.compatibility])
         result["compatibility_auc"] = metrics.compatibility_auc(
-            labels, pair_scores(model, vecs, pairs, batch_size)
+            labels, outfit_logits(model, vecs, pairs.tolist(), batch_size)
         )
     if split.fitb:
         flat = np.array(
             [[row[q.question[0]], row[a]] for q in split.fitb for a in q.answers]
         )  # (sum of candidates, 2): (anchor, candidate)
-        scores = pair_scores(model, vecs, flat, batch_size)
+        scores = outfit_logits(model, vecs, flat.tolist(), batch_size)
         cuts = np.cumsum([len(q.answers) for q in split.fitb])[:-1]
         rank = ranks(np.split(scores, cuts), [q.correct for q in split.fitb])
         result["n_candidates"] = float(np.mean([len(q.answers) for q in split.fitb]))

@@ -1,6 +1,6 @@
 """A small plain-PyTorch training loop (one process, no Ray) for tests, benchmarks and debugging.
 
-The Ray Train loop (`outfitter.platform.loop`) reuses the same pieces: `make_datasets` (which
+The Ray Train loop (`outfitter.platform.train.loop`) reuses the same pieces: `make_datasets` (which
 samples a model kind trains on), `InputBuilder`, `OutfitTask`, `make_optimizer`; so what the
 benchmarks measure with this loop is what the platform trains.
 """

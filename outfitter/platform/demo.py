@@ -94,7 +94,7 @@ def run_demo(
         f"(chance {clip_result['chance_r1']:.4f})"
     )
     if not ray.is_initialized():
-        from outfitter.platform.serving.launch import apply_serve_env
+        from outfitter.platform.serve.launch import apply_serve_env
 
         apply_serve_env()  # Serve's HAProxy ingress (read when Ray starts)
         ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, log_to_driver=False)
@@ -193,8 +193,8 @@ def _embed(data: Path, overrides: dict) -> int:
 
 
 def _train(data: Path, workdir: Path, overrides: dict, cfg: DemoConfig, seed: int):
-    from outfitter.platform.runs import train_and_register
-    from outfitter.platform.settings import TrainSettings
+    from outfitter.platform.train.runs import train_and_register
+    from outfitter.platform.train.settings import TrainSettings
 
     settings = TrainSettings().with_overrides(
         workers=cfg.workers,
@@ -232,7 +232,7 @@ def _index_and_promote(outcome, data: Path) -> None:
 def _serve(workdir: Path, data: Path, port: int) -> str:
     import yaml
 
-    from outfitter.platform.serving import launch
+    from outfitter.platform.serve import launch
 
     config = yaml.safe_load((REPO_ROOT / "serve_configs" / "local.yaml").read_text())
     config["http_options"]["port"] = port

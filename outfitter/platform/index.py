@@ -300,10 +300,6 @@ class CatalogIndex:
         return self
 
     @property
-    def on_gpu(self) -> bool:
-        return any("Gpu" in type(s).__name__ for s in self.shards.values())
-
-    @property
     def dim(self) -> int:
         return int(self.vectors.shape[1])
 

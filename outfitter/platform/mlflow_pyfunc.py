@@ -35,7 +35,7 @@ class OutfitterPyfunc(PythonModel):
         of a frozen-tower model computed for them alone), not the whole catalog."""
         import torch
 
-        from outfitter.model.evaluate import encode_catalog
+        from outfitter.model.evaluate import encode_catalog, outfit_logits
         from outfitter.model.towers import compute_features
 
         outfits = [[str(i) for i in ids] for ids in model_input["item_ids"]]
@@ -49,12 +49,9 @@ class OutfitterPyfunc(PythonModel):
         position = {i: p for p, i in enumerate(ids)}
         with torch.no_grad():
             vecs = encode_catalog(self.model, builder, ids)  # (U, D)
-            scores = []
-            for outfit in outfits:
-                items = vecs[torch.tensor([position[i] for i in outfit])][None]  # (1, N, D)
-                mask = torch.ones(1, len(outfit), dtype=torch.bool)
-                scores.append(float(torch.sigmoid(self.model.compatibility_logits(items, mask))[0]))
-        return scores
+        rows = [[position[i] for i in outfit] for outfit in outfits]
+        logits = outfit_logits(self.model, vecs, rows, batch_size=1)  # one outfit at a time
+        return [float(p) for p in torch.sigmoid(torch.from_numpy(logits))]
 
 
 mlflow.models.set_model(OutfitterPyfunc())

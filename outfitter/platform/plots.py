@@ -152,8 +152,6 @@ def training_plots(history, opened, version: str, out: Path) -> list[Path]:
 
 def _score(model, vecs, rows: list[int]) -> float:
     """Compatibility logit of one outfit given the catalog's item vectors."""
-    import torch
+    from outfitter.model.evaluate import outfit_logits
 
-    items = vecs[torch.tensor(rows, device=vecs.device)][None]  # (1, N, D)
-    mask = torch.ones(1, len(rows), dtype=torch.bool, device=vecs.device)
-    return float(model.compatibility_logits(items, mask)[0])
+    return float(outfit_logits(model, vecs, [rows], batch_size=1)[0])

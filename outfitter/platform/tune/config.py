@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from outfitter.platform.settings import MONITORS, TrainSettings
+from outfitter.model.config import FrozenConfig
+from outfitter.platform.train.settings import MONITORS, TrainSettings
 
 SAMPLERS = ("loguniform", "uniform", "quniform", "randint", "choice", "grid")
 
@@ -24,11 +25,7 @@ class TuneConfigError(ValueError):
     """A search config that cannot run, with the file and the rule it breaks."""
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class SchedulerConfig(_Strict):
+class SchedulerConfig(FrozenConfig):
     type: Literal["asha", "none"] = "asha"
     grace_period: int = Field(
         1, ge=1, description="epochs every trial runs before it can be stopped"
@@ -43,18 +40,18 @@ class SchedulerConfig(_Strict):
         return self
 
 
-class SearcherConfig(_Strict):
+class SearcherConfig(FrozenConfig):
     type: Literal["random", "optuna"] = "random"
     seed: int | None = None  # seeds the searcher (TPE) for reproducible suggestions
 
 
-class TrialResources(_Strict):
+class TrialResources(FrozenConfig):
     workers: int = Field(1, ge=1, description="Ray Train workers per trial")
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)
 
 
-class SearchConfig(_Strict):
+class SearchConfig(FrozenConfig):
     name: str = Field(..., pattern=r"^[\w.-]+$")
     model_config_name: str = Field(..., alias="model_config")
     settings: dict[str, Any] = Field(default_factory=dict)
@@ -69,7 +66,7 @@ class SearchConfig(_Strict):
     time_budget_s: float | None = Field(None, gt=0)
     register_best: bool = True  # register the best trial's checkpoint as `challenger`
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(populate_by_name=True)  # frozen, extra="forbid": FrozenConfig's
 
     @field_validator("metric")
     @classmethod

@@ -23,8 +23,8 @@ from PIL import Image
 from outfitter.data.errors import DatasetError
 from outfitter.data.images import confined
 from outfitter.data.types import CATEGORIES, CATEGORY_INDEX, Catalog
-from outfitter.platform.serving.errors import ServingError, decode_images
-from outfitter.platform.serving.schemas import (
+from outfitter.platform.serve.errors import ServingError, decode_images
+from outfitter.platform.serve.schemas import (
     LIMITS,
     CatalogItem,
     CompatibilityRequest,

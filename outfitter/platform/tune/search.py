@@ -13,8 +13,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from outfitter.platform.settings import TrainSettings
-from outfitter.platform.tune_config import SearchConfig, split_params, to_param_space
+from outfitter.platform.train.settings import TrainSettings
+from outfitter.platform.tune.config import SearchConfig, split_params, to_param_space
 
 
 @dataclass
@@ -39,13 +39,14 @@ def run_trial(params: dict, *, search: dict, base: dict, parent_run_id: str, exp
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from outfitter.model import load_config
-    from outfitter.platform.train import build_trainer
+    from outfitter.platform.train.trainer import build_trainer
 
     trial_name = tune.get_context().get_trial_name()
     settings_over, model_over = split_params(params)
     settings = TrainSettings.from_dict(base["settings"]).with_overrides(
         **settings_over, run_name=f"{search['name']}-{trial_name}"
     )
+    model_over = {**base.get("model_overrides", {}), **model_over}
     model_cfg = load_config(base["model_config_name"], overrides=model_over or None)
     mlflow.set_tracking_uri(base["tracking_uri"])
     client = MlflowClient()

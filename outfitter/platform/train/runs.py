@@ -12,7 +12,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from outfitter.platform.settings import TrainSettings
+from outfitter.platform.train.settings import TrainSettings
 
 EXPERIMENT = "outfitter"
 
@@ -165,7 +165,11 @@ def train_and_register(
 
     from outfitter.model import load_config
     from outfitter.platform import registry
-    from outfitter.platform.train import best_checkpoint_dir, build_trainer, checked_storage_path
+    from outfitter.platform.train.trainer import (
+        best_checkpoint_dir,
+        build_trainer,
+        checked_storage_path,
+    )
     from outfitter.platform.vectors import open_checkpoint
 
     checked_storage_path(settings.storage_path)  # pre-flight: unwritable or full storage first

@@ -23,7 +23,7 @@ import torch
 from outfitter.data.types import CATEGORIES, Catalog
 from outfitter.model.retrieval import TargetPlan, query_vectors
 from outfitter.platform.index import CatalogIndex, Hit
-from outfitter.platform.serving.service import Member, NewItem, VersionSkew
+from outfitter.platform.serve.service import Member, NewItem, VersionSkew
 
 log = logging.getLogger(__name__)
 

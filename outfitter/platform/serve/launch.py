@@ -20,7 +20,7 @@ import yaml
 
 log = logging.getLogger(__name__)
 
-BUILDER = "outfitter.platform.serving.deployments:build_app"
+BUILDER = "outfitter.platform.serve.deployments:build_app"
 # Serve settings read by the Ray instance when Serve starts on it (not per application). HAProxy
 # forwards HTTP straight to each replica's own HTTP server instead of through Ray's Python proxy
 # and an actor call: on this 2-CPU machine /v1/compatibility at c=32 went from 147 to 564 req/s
@@ -89,7 +89,7 @@ def prepare_config(config: dict[str, Any], *, base: Path | None = None, pin: boo
     `user_config`, so Serve reconfigures the running replicas in place (a change of `args` would
     replace them instead).
     """
-    from outfitter.platform.serving.deployments import DEPLOYMENT, AppArgs, user_config
+    from outfitter.platform.serve.deployments import DEPLOYMENT, AppArgs, user_config
 
     base = Path(base or Path.cwd())
     config = copy.deepcopy(config)

@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from outfitter.platform.settings import TrainSettings
+from outfitter.platform.train.settings import TrainSettings
 
 # ---------------------------------------------------------------- worker side
 
@@ -33,13 +33,13 @@ def train_loop_per_worker(config: dict) -> None:
     import torch
 
     from outfitter.model.device import autocast
-    from outfitter.platform.loop import EpochRunner
+    from outfitter.platform.train.loop import EpochRunner
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     runner = EpochRunner.from_config(config, rank=rank, world=world)
     # Reported so a Tune search can free this worker group's placement group when the scheduler
-    # stops the trial (see tune._reaper).
+    # stops the trial (see tune.search._reaper).
     pg = ray.util.get_current_placement_group()
     placement_group = pg.id.hex() if pg is not None else ""
     start_epoch = runner.restore(ray.train.get_checkpoint())

@@ -13,7 +13,7 @@ were answered by two versions is re-run). A version that fails to load leaves th
 serving.
 
 `build_app(args)` is the application builder of `serve_configs/*.yaml`
-(`import_path: outfitter.platform.serving.deployments:build_app`).
+(`import_path: outfitter.platform.serve.deployments:build_app`).
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ from pydantic import BaseModel, Field
 from ray import serve
 
 from outfitter.platform.redact import redact_uri
-from outfitter.platform.serving import core, security
-from outfitter.platform.serving.errors import ModelUnavailable
-from outfitter.platform.serving.schemas import Limits
-from outfitter.platform.serving.service import CatalogService
+from outfitter.platform.serve import core, security
+from outfitter.platform.serve.errors import ModelUnavailable
+from outfitter.platform.serve.schemas import Limits
+from outfitter.platform.serve.service import CatalogService
 
 log = logging.getLogger("ray.serve")
 
@@ -118,9 +118,9 @@ class BatchedBackend:
             return
         state.alias = config.get("alias") or state.alias
         self.state, self.config, self.load_error = state, config, None  # the swap
+        log.info("serving model %s (%s)", state.version, config["model_uri"])
         del state
         await asyncio.to_thread(core.settle_heap)  # the old version's cycles go, the new freezes
-        log.info("serving model %s (%s)", state.version, config["model_uri"])
 
     def current(self) -> core.ModelState:
         if self.state is None:
@@ -196,7 +196,7 @@ class Outfitter:
         self.service = CatalogService(catalog, self.backend, self.limits)
 
     def __serve_build_asgi_app__(self):
-        from outfitter.platform.serving.app import create_app
+        from outfitter.platform.serve.app import create_app
 
         return create_app(
             self.service, self.limits, api_key=self.api_key, allowed_hosts=self.allowed_hosts
@@ -238,7 +238,7 @@ def build_app(args: AppArgs | dict[str, Any]) -> serve.Application:
     replica (a restart, an autoscaler scale-up) then loads that version, whatever the alias
     points at later. `outfitter serve` pins the same way in the config it deploys.
     """
-    from outfitter.platform.serving.launch import absolute_args, pin_model_uri
+    from outfitter.platform.serve.launch import absolute_args, pin_model_uri
 
     args = args if isinstance(args, AppArgs) else AppArgs.model_validate(args)
     args = AppArgs.model_validate(absolute_args(args.model_dump()))  # as `serve run` from here

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from PIL import Image, UnidentifiedImageError
 
 from outfitter.model.preprocess import shrink_shortest
-from outfitter.platform.serving.schemas import Limits
+from outfitter.platform.serve.schemas import Limits
 
 
 class ServingError(Exception):

@@ -9,8 +9,8 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from outfitter.platform.tune import SearchOutcome, best_row, build_tuner, results_table
-from outfitter.platform.tune_config import SearchConfig
+from outfitter.platform.tune.config import SearchConfig
+from outfitter.platform.tune.search import SearchOutcome, best_row, build_tuner, results_table
 
 
 def run_search(
@@ -21,10 +21,13 @@ def run_search(
     storage_path: str,
     model_name: str = "outfitter",
     data_format: str | None = None,
+    overrides: dict | None = None,
 ) -> SearchOutcome:
     """Run or resume `search` on `data_dir`; log, tabulate, plot and register its best trial.
 
     `data_format`: polyvore or amazon (`data.formats`); None detects it from the folder.
+    `overrides`: dotted model config overrides every trial starts from (`outfitter tune --set`,
+    e.g. `clip.pretrained`); the search space's `model.*` samples are applied over them.
     """
     import mlflow
     import ray
@@ -32,14 +35,18 @@ def run_search(
 
     from outfitter.model import load_config
     from outfitter.platform import registry
-    from outfitter.platform.runs import EXPERIMENT, find_or_start_run, prepare_inputs
-    from outfitter.platform.settings import TrainSettings
-    from outfitter.platform.train import checked_storage_path
-    from outfitter.platform.tune import run_trial
+    from outfitter.platform.train.runs import EXPERIMENT, find_or_start_run, prepare_inputs
+    from outfitter.platform.train.settings import TrainSettings
+    from outfitter.platform.train.trainer import checked_storage_path
+    from outfitter.platform.tune.search import run_trial
 
+    overrides = dict(overrides or {})
+    pretrained = overrides.get("clip.pretrained")
+    if pretrained and Path(pretrained).is_file():  # a trial runs in its own folder
+        overrides["clip.pretrained"] = str(Path(pretrained).resolve())
     tracking_uri = registry.configure_tracking(workdir)
     experiment_id = registry.ensure_experiment(EXPERIMENT)
-    base_cfg = load_config(search.model_config_name)
+    base_cfg = load_config(search.model_config_name, overrides=overrides or None)
     base_settings = (
         TrainSettings.from_dict(search.settings)
         .with_overrides(
@@ -65,6 +72,7 @@ def run_search(
         mlflow.log_dict(search.model_dump(by_alias=True), "config/search.json")
         base = {
             "model_config_name": search.model_config_name,
+            "model_overrides": overrides,
             "settings": base_settings.to_dict(),
             "tracking_uri": tracking_uri,
             "loop": {

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from outfitter.platform.settings import TrainSettings
+from outfitter.platform.train.settings import TrainSettings
 
 STATE_FILE = "training_state.pt"
 

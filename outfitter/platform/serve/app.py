@@ -19,9 +19,9 @@ from fastapi.responses import FileResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from outfitter.platform.serving import security
-from outfitter.platform.serving.errors import ModelUnavailable, ServingError
-from outfitter.platform.serving.schemas import (
+from outfitter.platform.serve import security
+from outfitter.platform.serve.errors import ModelUnavailable, ServingError
+from outfitter.platform.serve.schemas import (
     LIMITS,
     REF_TAGS,
     CategoryName,
@@ -35,7 +35,7 @@ from outfitter.platform.serving.schemas import (
     RetrieveResponse,
     request_models,
 )
-from outfitter.platform.serving.service import CatalogService
+from outfitter.platform.serve.service import CatalogService
 
 log = logging.getLogger(__name__)
 
