@@ -191,7 +191,7 @@ def _train_command(synth_dir: Path, workdir: Path) -> list[str]:
     return [
         sys.executable, "-m", "outfitter.cli", "train",
         "--data", str(synth_dir), "--workdir", str(workdir), "--run-name", "driver-kill",
-        "--epochs", "4", "--batch-size", "2", "--set", "transformer.layers=1",
+        "--epochs", "3", "--batch-size", "2", "--set", "transformer.layers=1",
         "--allow-random-towers",
     ]  # fmt: skip
 
@@ -247,7 +247,7 @@ def test_killed_driver_rerun_resumes_from_last_checkpoint(synth_dir, tmp_path):
         f"\nkilled after epoch {last_epoch}'s checkpoint; epochs logged {epochs}; resumed {resumed}"
     )
     assert last_epoch >= 1, latest
-    assert epochs[-1] == 4, epochs  # ran to the end (patience 3 cannot stop it sooner)
+    assert epochs[-1] == 3, epochs  # ran to the end (patience 3 cannot stop it sooner)
     assert max(resumed) == last_epoch, f"did not resume from the last checkpoint: {resumed}"
     assert len(epochs) - len(set(epochs)) <= 1, f"more than the epoch in flight repeated: {epochs}"
     for name in _registered(storage):  # every registered checkpoint is complete
