@@ -21,7 +21,8 @@ def test_settings_saved_by_the_dataclass_version_load_unchanged():
     old = SAVED["settings"]
     settings = TrainSettings.from_dict(old)
     assert json.dumps(settings.to_dict(), sort_keys=True) == json.dumps(old, sort_keys=True)
-    fresh = TrainSettings(epochs=2, storage_path="/tmp/r", run_name="x")
+    # the defaults of then, but patience (3 then, 10 since the demo stopped on a plateau)
+    fresh = TrainSettings(epochs=2, storage_path="/tmp/r", run_name="x", patience=3)
     assert fresh.resolve(load_config("hybrid-tiny")) == settings
 
 
