@@ -136,17 +136,22 @@ class LocalCluster:
         return sorted(found)
 
     def raylets(self, resource: str | None = None, sessions: set[int] | None = None) -> list[int]:
-        """Raylet pids of this cluster; with `resource`, only the nodes that have it."""
-        out = []
+        """Raylet pids of this cluster; with `resource`, only the nodes that have it.
+
+        A raylet starting a worker forks first: for a moment the child has the raylet's command
+        line too. Only processes whose parent is not such a match count.
+        """
+        found = {}
         for pid in self.pids(sessions):
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError, IndexError):
                 args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
                 if not args[0].endswith(b"/raylet"):
                     continue
                 static = next((a for a in args if a.startswith(b"--static_resource_list=")), b"")
                 if resource is None or f"={resource},".encode() in static:
-                    out.append(pid)
-        return out
+                    found[pid] = ppid
+        return sorted(pid for pid, ppid in found.items() if ppid not in found)
 
     def head_raylet(self) -> int:
         (pid,) = self.raylets("head_node")

@@ -128,8 +128,13 @@ def test_train_on_two_nodes_survives_losing_the_worker_node(cluster, tracking, s
         registered = len(_registered(run))
         killed_at = time.monotonic()
         cluster.kill_worker_node()
-        cluster.add_worker()  # the node comes back (a new host joins)
+        new_raylet = cluster.add_worker()  # the node comes back (a new host joins)
         rejoined = time.monotonic() - killed_at
+        # The restarted group needs the new node's CPU: watch a Train worker start there.
+        on_new_node = _wait(
+            lambda: cluster.on_node(TRAIN_WORKER, new_raylet), 240,
+            "no Train worker ever ran on the new node", driver, log,
+        )  # fmt: skip
         driver.wait(timeout=420)
     finally:
         if driver.poll() is None:
@@ -150,7 +155,8 @@ def test_train_on_two_nodes_survives_losing_the_worker_node(cluster, tracking, s
     print(
         f"\ntrain on 2 nodes: workers placed {placed}; killed the worker node after "
         f"{registered} registered checkpoint(s); new node joined {rejoined:.1f} s after the "
-        f"kill; epochs logged {logged}, resumed from {sorted({int(m.value) for m in resumed})}; "
+        f"kill and ran Train worker {on_new_node}; epochs logged {logged}, resumed from "
+        f"{sorted({int(m.value) for m in resumed})}; "
         f"{seconds:.1f} s in all"
     )
     assert mlflow_run.info.status == "FINISHED"
