@@ -5,7 +5,7 @@
 # Usage: bench/on_your_data.sh [WORKDIR] [OUTFITS]   -> WORKDIR/*.json, test AUCs printed.
 set -euo pipefail
 work=${1:-/tmp/outfitter-on-your-data}
-outfits=${2:-1000}
+outfits=${2:-2000}  # `outfitter data synth`'s default size
 bin=$(dirname "$0")/../.venv/bin
 mkdir -p "$work"
 "$bin/outfitter" data synth --out "$work/data" --outfits "$outfits"
