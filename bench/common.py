@@ -120,6 +120,23 @@ def synth_catalog(
 # ---------------------------------------------------------------- servers
 
 
+def process_tree(root_pids: list[int]) -> list[int]:
+    """`root_pids` and all their live descendants (from /proc: Ray's raylet, workers, actors)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    found, todo = [], list(root_pids)
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo += children.get(pid, [])
+    return found
+
+
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 now (for a server a benchmark starts)."""
     import socket

@@ -39,17 +39,6 @@ STAGES = ("synth", "validate", "clip-pretrain", "embed", "train", "evaluate", "i
 # ---------------------------------------------------------------- memory of a process tree
 
 
-def _children() -> dict[int, list[int]]:
-    tree: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        tree.setdefault(ppid, []).append(int(stat.parent.name))
-    return tree
-
-
 def _pss_kib(pid: int) -> int:
     try:
         for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
@@ -62,12 +51,7 @@ def _pss_kib(pid: int) -> int:
 
 def tree_pss_gib(root: int) -> float:
     """PSS summed over `root` and all its descendants, GiB."""
-    tree, todo, total = _children(), [root], 0
-    while todo:
-        pid = todo.pop()
-        total += _pss_kib(pid)
-        todo += tree.get(pid, [])
-    return total / 2**20
+    return sum(_pss_kib(pid) for pid in common.process_tree([root])) / 2**20
 
 
 class PeakMemory:

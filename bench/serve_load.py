@@ -136,20 +136,8 @@ def _title(pid: int) -> str:
 
 def process_groups(kind: str, root_pids: list[int]) -> dict[str, list[int]]:
     """Server processes by role: Serve replicas / proxy / controller, or uvicorn processes."""
-    tree: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        tree.setdefault(ppid, []).append(int(stat.parent.name))
-    found, todo = [], list(root_pids)
-    while todo:
-        pid = todo.pop()
-        found.append(pid)
-        todo += tree.get(pid, [])
     groups: dict[str, list[int]] = {}
-    for pid in found:
+    for pid in common.process_tree(root_pids):
         title = _title(pid)
         if kind == "uvicorn":
             role = "uvicorn" if pid in root_pids or "python" in title or "uvicorn" in title else ""
