@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import os
+import threading
 from pathlib import Path
 
 from PIL import Image
@@ -160,3 +161,32 @@ def _own_titles(root: int) -> dict[int, str]:
         return False
 
     return {p: t for p, t in titles.items() if p != root and descends(p)}
+
+
+class ClientThreads:
+    """Load-generating threads of a test: `client(n)` runs in each from `with` until its end.
+
+    Subclasses define `client(n)` and loop until `self.stop` is set; `__exit__` sets it and
+    waits up to `join_s` for each thread."""
+
+    join_s: float = 60
+
+    def __init__(self, clients: int):
+        self.stop = threading.Event()
+        self.threads = [
+            threading.Thread(target=self.client, args=(n,), daemon=True) for n in range(clients)
+        ]
+
+    def client(self, n: int) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=self.join_s)
+        return False

@@ -14,13 +14,12 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import threading
 import time
 from pathlib import Path
 
 import pytest
 import requests
-from serve_helpers import free_port, replica_pids, running_replicas, tiny_versions
+from serve_helpers import ClientThreads, free_port, replica_pids, running_replicas, tiny_versions
 
 from outfitter.platform import registry
 from outfitter.platform.serve import launch
@@ -61,18 +60,17 @@ def two_replicas(ray_session, synth_dir, versions):
         serve.shutdown()
 
 
-class Load:
+class Load(ClientThreads):
     """Clients sending requests back to back until stopped, bounded in count and time."""
 
     def __init__(self, base: str, outfit: list[str], clients: int = 2):
+        super().__init__(clients)
         self.base, self.outfit = base, outfit
         self.ok = 0
         self.failures: list = []
-        self.stop = threading.Event()
         self.deadline = time.monotonic() + LOAD_SECONDS
-        self.threads = [threading.Thread(target=self._client, args=(n,)) for n in range(clients)]
 
-    def _client(self, n: int) -> None:
+    def client(self, n: int) -> None:
         session = requests.Session()
         refs = [{"item_id": i} for i in self.outfit]
         bodies = [
@@ -93,17 +91,6 @@ class Load:
                     self.failures.append((time.monotonic(), path, r.status_code, r.text[:200]))
             except requests.RequestException as err:
                 self.failures.append((time.monotonic(), path, "error", repr(err)[:200]))
-
-    def __enter__(self):
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        for t in self.threads:
-            t.join(timeout=60)
-        return False
 
     def wait_for(self, n: int, timeout: float = 60) -> None:
         goal, deadline = self.ok + n, time.monotonic() + timeout

@@ -13,14 +13,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
 import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
 import requests
-from serve_helpers import free_port, replica_pids, rss_mb, running_replicas, tiny_versions
+from serve_helpers import (
+    ClientThreads,
+    free_port,
+    replica_pids,
+    rss_mb,
+    running_replicas,
+    tiny_versions,
+)
 
 from outfitter.platform.serve import launch
 from outfitter.platform.serve.deployments import DEPLOYMENT
@@ -63,19 +69,20 @@ def autoscaled(ray_session, synth_dir, tmp_path_factory):
         serve.shutdown()
 
 
-class Clients:
+class Clients(ClientThreads):
     """`n` threads posting /v1/compatibility back to back; counts codes and versions."""
 
+    join_s = 90
+
     def __init__(self, base: str, outfit: list[str], n: int):
+        super().__init__(n)
         self.url, self.body = (
             f"{base}/v1/compatibility",
             {"items": [{"item_id": i} for i in outfit]},
         )
         self.codes, self.versions = Counter(), Counter()
-        self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(n)]
 
-    def _run(self) -> None:
+    def client(self, n: int) -> None:
         session = requests.Session()
         while not self.stop.is_set():
             try:
@@ -86,17 +93,6 @@ class Clients:
             self.codes[r.status_code] += 1
             if r.status_code == 200:
                 self.versions[r.json()["model_version"]] += 1
-
-    def __enter__(self):
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        for t in self.threads:
-            t.join(timeout=90)
-        return False
 
 
 def _wait_replicas(goal, timeout_s: float, timeline: list) -> float:
