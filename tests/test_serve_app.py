@@ -142,6 +142,34 @@ def test_items_listing_search_and_image(client, catalog):
     assert r.content == catalog.image_path(shoes[0]).read_bytes()
 
 
+def test_catalog_search_finds_what_a_scan_of_every_item_finds(catalog):
+    """The joined-text search of /v1/items answers as the per-item substring scan it replaced,
+    in catalog order: categories, substrings, several words, very common and absent words."""
+    import random
+
+    from outfitter.platform.serve.service import CatalogSearch
+
+    search = CatalogSearch(catalog)
+    text = {
+        i: f"{it.title} {it.description} {it.fine_category}".lower()
+        for i, it in catalog.items.items()
+    }
+    vocabulary = sorted({w for t in text.values() for w in t.split()})
+    rng = random.Random(0)
+    queries = [[], ["e"], ["a", "shoe"], ["leath"], ["zzzz-nothing"], ["black", "black"]]
+    queries += [rng.sample(vocabulary, k) for k in (1, 1, 2, 2, 3) for _ in range(4)]
+    queries += [[w[1:4]] for w in rng.sample(vocabulary, 6)]  # substrings inside words
+    for category in (None, "shoes", "bags", "no-such-category"):
+        for words in queries:
+            want = [
+                i
+                for i in catalog.item_ids
+                if (category is None or catalog.items[i].category == category)
+                and all(w in text[i] for w in words)
+            ]
+            assert search.matching(category, words) == want, (category, words)
+
+
 def test_model_health_and_docs(client):
     info = client.get("/v1/model").json()
     assert info["version"] == "v1" and info["model_config_name"] == "hybrid-tiny"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,6 +94,44 @@ def _same(*versions: str | None) -> str:
     return found.pop()
 
 
+class CatalogSearch:
+    """The filter of `/v1/items` at catalog scale: items of a category whose text holds every word.
+
+    A word matches anywhere in an item's lower-cased title, description and fine category (a
+    substring: "leath" finds "leather"), as a scan of each item's text would, but the texts are
+    joined into one string searched by C code (`re.finditer`) and categories are precomputed
+    rows: a Python scan cost 70 ms a query at 41k items, ~0.3 s at Polyvore's 250k. Results keep
+    the catalog's order.
+    """
+
+    def __init__(self, catalog: Catalog):
+        self.ids = list(catalog.item_ids)
+        items = [catalog.items[i] for i in self.ids]
+        self.texts = [
+            f"{it.title} {it.description} {it.fine_category}".lower().replace("\n", " ")
+            for it in items
+        ]
+        self.blob = "\n".join(self.texts)  # a word has no whitespace: no match spans two items
+        self.starts = np.cumsum([0] + [len(t) + 1 for t in self.texts])[:-1]
+        categories = np.array([it.category for it in items])
+        self.by_category = {str(c): np.flatnonzero(categories == c) for c in set(categories)}
+
+    def matching(self, category: str | None, words: Sequence[str]) -> list[str]:
+        rows = None if category is None else self.by_category.get(category, np.empty(0, int))
+        for word in words:
+            known = len(self.ids) if rows is None else len(rows)
+            if self.blob.count(word) > 4 * known:  # a very common word: check the rows left
+                rows = np.arange(len(self.ids)) if rows is None else rows
+                rows = rows[[word in self.texts[r] for r in rows]]
+                continue
+            found = np.fromiter((m.start() for m in re.finditer(re.escape(word), self.blob)), int)
+            hit = np.unique(np.searchsorted(self.starts, found, side="right") - 1)
+            rows = hit if rows is None else np.intersect1d(rows, hit, assume_unique=True)
+        if rows is None:
+            return self.ids
+        return [self.ids[r] for r in rows]
+
+
 class CatalogService:
     """The endpoints' semantics over a catalog and a model backend."""
 
@@ -100,11 +139,7 @@ class CatalogService:
         self, catalog: Catalog, backend: ModelBackend, limits: Limits = LIMITS, retries: int = 4
     ):
         self.catalog, self.backend, self.limits, self.retries = catalog, backend, limits, retries
-        self._ids = catalog.item_ids
-        self._search_text = {
-            i: f"{it.title} {it.description} {it.fine_category}".lower()
-            for i, it in catalog.items.items()
-        }
+        self._search = CatalogSearch(catalog)
 
     async def _retrying(self, run, *args):
         for attempt in range(self.retries):
@@ -238,12 +273,7 @@ class CatalogService:
         )
 
     def list_items(self, category: str | None, q: str | None, limit: int, offset: int) -> ItemsPage:
-        ids = self._ids
-        if category is not None:
-            ids = [i for i in ids if self.catalog.items[i].category == category]
-        if q:
-            words = q.lower().split()
-            ids = [i for i in ids if all(w in self._search_text[i] for w in words)]
+        ids = self._search.matching(category, q.lower().split() if q else [])
         page = [self.catalog.items[i] for i in ids[offset : offset + limit]]
         return ItemsPage(
             total=len(ids),
