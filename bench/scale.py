@@ -172,7 +172,7 @@ def one_of_each(base: str, data: Path) -> dict[str, float]:
     calls = {
         "compatibility": ("POST", "/v1/compatibility", bodies["/v1/compatibility"][0]),
         "retrieve": ("POST", "/v1/retrieve", bodies["/v1/retrieve"][0]),
-        "studio page 100": ("GET", "/v1/items?limit=50&offset=5000", None),
+        "studio page at offset 5000": ("GET", "/v1/items?limit=50&offset=5000", None),
         "studio search": ("GET", "/v1/items?q=leather%20boots&limit=50", None),
     }
     out = {}
@@ -262,7 +262,7 @@ def plot(results: dict, png: Path) -> None:
     for stage in STAGES:
         ax.plot(items, [r["stages"][stage]["seconds"] for r in sizes], marker="o", label=stage)
         ax2.plot(items, [r["stages"][stage]["peak_gib"] for r in sizes], marker="o", label=stage)
-    for a, label in ((ax, "wall time (s)"), (ax2, "peak memory, PSS of the process tree (GiB)")):
+    for a, label in ((ax, "wall time (s)"), (ax2, "peak PSS, process tree (GiB)")):
         a.set_xscale("log")
         a.set_yscale("log")
         a.set_xlabel("catalog items")
