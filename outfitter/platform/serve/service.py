@@ -139,7 +139,7 @@ class CatalogService:
         self, catalog: Catalog, backend: ModelBackend, limits: Limits = LIMITS, retries: int = 4
     ):
         self.catalog, self.backend, self.limits, self.retries = catalog, backend, limits, retries
-        self._search = CatalogSearch(catalog)
+        self._catalog_search = CatalogSearch(catalog)
 
     async def _retrying(self, run, *args):
         for attempt in range(self.retries):
@@ -273,7 +273,7 @@ class CatalogService:
         )
 
     def list_items(self, category: str | None, q: str | None, limit: int, offset: int) -> ItemsPage:
-        ids = self._search.matching(category, q.lower().split() if q else [])
+        ids = self._catalog_search.matching(category, q.lower().split() if q else [])
         page = [self.catalog.items[i] for i in ids[offset : offset + limit]]
         return ItemsPage(
             total=len(ids),
