@@ -96,6 +96,7 @@ def _placement(cluster: LocalCluster, title: str) -> dict[str, int]:
 
 
 @pytest.mark.slow
+@pytest.mark.cluster
 @pytest.mark.timeout(600)
 def test_train_on_two_nodes_survives_losing_the_worker_node(cluster, tracking, synth_dir, tmp_path):
     from mlflow import MlflowClient
@@ -219,6 +220,7 @@ def _serve_config(tmp_path: Path, model: Path, data: Path, tracking: str) -> Pat
 
 
 @pytest.mark.slow
+@pytest.mark.cluster
 @pytest.mark.timeout(600)
 def test_serve_on_two_nodes_keeps_answering_when_the_worker_node_dies(
     cluster, tracking, synth_dir, tmp_path, tmp_path_factory
