@@ -191,7 +191,7 @@ def _train_command(synth_dir: Path, workdir: Path) -> list[str]:
     return [
         sys.executable, "-m", "outfitter.cli", "train",
         "--data", str(synth_dir), "--workdir", str(workdir), "--run-name", "driver-kill",
-        "--epochs", "3", "--batch-size", "2", "--set", "transformer.layers=1",
+        "--epochs", "3", "--batch-size", "4", "--set", "transformer.layers=1",
         "--allow-random-towers",
     ]  # fmt: skip
 

@@ -49,6 +49,13 @@ class TrialResources(FrozenConfig):
     workers: int = Field(1, ge=1, description="Ray Train workers per trial")
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)
+    driver_cpus: float = Field(
+        1.0,
+        gt=0,
+        description="CPUs reserved for the trial's driver (the Tune function that starts the "
+        "trial's TorchTrainer and waits on it; its workers hold their own CPUs). Ray's default "
+        "is 1; a small share lets trials of 1-CPU workers run side by side on a small machine",
+    )
 
 
 class SearchConfig(FrozenConfig):

@@ -88,7 +88,7 @@ def run_search(
             parent_run_id=parent.info.run_id,
             experiment_id=experiment_id,
         )
-        trainable = tune.with_resources(trainable, {"CPU": 1})
+        trainable = tune.with_resources(trainable, {"CPU": search.resources_per_trial.driver_cpus})
         tuner, restored = build_tuner(search, trainable=trainable, storage_path=storage_path)
         results = tuner.fit()
         params, metric, checkpoint = best_row(results, search.metric, search.mode)
