@@ -74,7 +74,8 @@ class BatchedBackend:
     """`service.ModelBackend` of one replica: concurrent requests merged into one model call.
 
     Each batch runs on the version loaded when it starts (`self.state` may be swapped meanwhile)
-    in a worker thread, so the replica's event loop keeps parsing and answering requests.
+    in a worker thread, so the replica's event loop keeps parsing and answering requests. A
+    request that finds its step idle skips the batch queue (`_run`).
     `reconfigure` loads the version a `user_config` names beside the running one and swaps.
     """
 
@@ -87,6 +88,7 @@ class BatchedBackend:
         self.config: dict[str, Any] = {}
         self.state: core.ModelState | None = None
         self.load_error: str | None = None  # why the last reload failed (the old one kept)
+        self.busy = {"encode": 0, "score": 0, "retrieve": 0}  # requests inside each model step
 
     async def reconfigure(self, config: dict[str, Any]) -> None:
         config = {**self.defaults, **(config or {})}
@@ -132,22 +134,22 @@ class BatchedBackend:
             fn.set_max_batch_size(int(max_batch_size))
             fn.set_batch_wait_timeout_s(float(batch_wait_timeout_s))
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
-    async def _encode_new(self, requests: list[list]) -> list[tuple[str, np.ndarray]]:
+    # Each model step runs a list of requests in one model call: a batch that @serve.batch
+    # gathered, or a single request that found the step idle (see `_run`).
+
+    async def _encode_batch(self, requests: list[list]) -> list[tuple[str, np.ndarray]]:
         state = self.current()
         flat = [item for items in requests for item in items]
         vectors = await asyncio.to_thread(core.encode_new_items, state, flat)  # (M, D)
         return [(state.version, part) for part in _split(vectors, [len(r) for r in requests])]
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
-    async def _score(self, requests: list[list]) -> list[tuple[str, np.ndarray]]:
+    async def _score_batch(self, requests: list[list]) -> list[tuple[str, np.ndarray]]:
         state = self.current()
         flat = [outfit for outfits in requests for outfit in outfits]
         probs = await asyncio.to_thread(core.score_outfits, state, flat)  # (B,)
         return [(state.version, part) for part in _split(probs, [len(r) for r in requests])]
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
-    async def _retrieve(self, requests: list[tuple]) -> list[tuple[str, list]]:
+    async def _retrieve_batch(self, requests: list[tuple]) -> list[tuple[str, list]]:
         """Each request: (contexts, texts, categories, k, excludes); one search at the largest k."""
         state = self.current()
         contexts, texts, cats, excludes = [], [], [], []
@@ -164,14 +166,44 @@ class BatchedBackend:
             for ctx, _, _, k_r, _ in requests
         ]
 
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
+    async def _encode_new(self, requests: list[list]) -> list[tuple[str, np.ndarray]]:
+        return await self._encode_batch(requests)
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
+    async def _score(self, requests: list[list]) -> list[tuple[str, np.ndarray]]:
+        return await self._score_batch(requests)
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
+    async def _retrieve(self, requests: list[tuple]) -> list[tuple[str, list]]:
+        return await self._retrieve_batch(requests)
+
+    async def _run(self, step: str, request, batched, alone):
+        """One request through a model step: at once when no other request is inside the step,
+        else through the step's `@serve.batch` queue, so concurrent requests share model calls.
+
+        A batch of one gains nothing from the queue, and the queue's bookkeeping costs ~0.5 ms
+        of the replica's event loop per request (measured with py-spy at concurrency 1, where
+        it was a tenth of the latency); once requests overlap, they batch as before.
+        """
+        idle = self.busy[step] == 0
+        self.busy[step] += 1
+        try:
+            if idle:
+                return (await alone([request]))[0]
+            return await batched(request)
+        finally:
+            self.busy[step] -= 1
+
     async def encode_new(self, items):
-        return await self._encode_new(items)
+        return await self._run("encode", items, self._encode_new, self._encode_batch)
 
     async def score(self, outfits):
-        return await self._score(outfits)
+        return await self._run("score", outfits, self._score, self._score_batch)
 
     async def retrieve(self, contexts, texts, categories, k, excludes):
-        return await self._retrieve((contexts, texts, categories, k, excludes))
+        request = (contexts, texts, categories, k, excludes)
+        return await self._run("retrieve", request, self._retrieve, self._retrieve_batch)
 
     async def info(self) -> dict[str, Any]:
         return {**core.model_info(self.current()), "load_error": self.load_error}
