@@ -3,9 +3,10 @@
 Side by side in one run on 127.0.0.1, each target measured in fixed time windows (`--window`
 seconds after a warm-up) at concurrency 1 and 32 on /v1/compatibility and /v1/retrieve:
 
-- `serve`: the application of serve_configs/local.yaml (one fused replica type, in-replica
+- `serve-N`: the application of serve_configs/local.yaml (one fused replica type, in-replica
   `@serve.batch`) behind Serve's HAProxy ingress, as `outfitter serve` starts it
-  (`launch.SERVE_ENV`), held at `--replicas` replicas for the windows;
+  (`launch.SERVE_ENV`), held at N replicas for the windows, for each N of `--replicas` (1,2:
+  one replica is one process like `uvicorn-1`; two fill this 2-CPU machine);
 - `uvicorn-1`: the same FastAPI app in one uvicorn process, model in-process, no batching;
 - `uvicorn-N`: `uvicorn --workers N`, N = Serve's replicas;
 - `bare`: the model's batched forward without HTTP (outfits/s, queries/s): the limit.
@@ -493,7 +494,9 @@ def main(
     data: Path | None = typer.Option(None, help="Catalog folder (default: synthetic)."),
     window_s: float = typer.Option(10.0, "--window", help="Measured seconds per level (>= 10)."),
     warmup_s: float = typer.Option(3.0, "--warmup", help="Unmeasured seconds before each window."),
-    replicas: int = typer.Option(2, help="Serve replicas (and uvicorn workers) in the windows."),
+    replicas: str = typer.Option(
+        "1,2", help="Serve replica counts to measure (uvicorn runs with as many workers)."
+    ),
     flags: bool = typer.Option(False, "--flags", help="Compare Ray Serve's fast paths instead."),
     burst: bool = typer.Option(True, "--burst/--no-burst", help="Record an autoscaling burst."),
     burst_s: str = typer.Option("10,60,50", help="Seconds at c=1, at c=32, back at c=1."),
@@ -502,7 +505,10 @@ def main(
     if model is None or data is None:
         model, data = tiny_setup(workdir)
     bodies = request_bodies(data, 64)
-    args = {"window": window_s, "warmup": warmup_s, "replicas": replicas, "levels": list(LEVELS)}
+    counts = sorted({int(n) for n in replicas.split(",")})
+    if not counts or counts[0] < 1:
+        raise typer.BadParameter("--replicas: counts >= 1, e.g. 1,2")
+    args = {"window": window_s, "warmup": warmup_s, "replicas": counts, "levels": list(LEVELS)}
     name = "serve_load_flags" if flags else "serve_load"
     results = common.new_results(name, "cpu", {**args, "model": model})
     results["work_per_request"] = work_per_request(bodies)
@@ -519,9 +525,11 @@ def main(
     else:
         print("bare model ...", flush=True)
         results["bare_model"] = bare_model(model, data, bodies)
-        print(f"serve ({replicas} replicas) ...", flush=True)
-        targets["serve"] = run_serve(model, data, bodies, args, ADOPTED, haproxy=True)
-        for workers in (1, replicas):
+        for n in counts:
+            print(f"serve ({n} replicas) ...", flush=True)
+            held = {**args, "replicas": n}
+            targets[f"serve-{n}"] = run_serve(model, data, bodies, held, ADOPTED, haproxy=True)
+        for workers in sorted({1, *counts}):
             print(f"uvicorn --workers {workers} ...", flush=True)
             targets[f"uvicorn-{workers}"] = run_uvicorn(model, data, bodies, args, workers)
     results["targets"] = targets
@@ -564,19 +572,25 @@ def _row(results: dict, target: str, endpoint: str, concurrency: int) -> dict | 
 
 
 def done_when(results: dict) -> dict:
-    """The issue's acceptance checks on this run (Serve against one uvicorn process)."""
+    """The issue's acceptance checks on this run, per Serve replica count: `serve-N` against the
+    one-process uvicorn baseline (`{"serve-1": {...}, "serve-2": {...}}`)."""
     compat, retrieve = "/v1/compatibility", "/v1/retrieve"
-    s32, u32 = _row(results, "serve", compat, 32), _row(results, "uvicorn-1", compat, 32)
-    s1, u1 = _row(results, "serve", compat, 1), _row(results, "uvicorn-1", compat, 1)
-    r32, ru32 = _row(results, "serve", retrieve, 32), _row(results, "uvicorn-1", retrieve, 32)
-    if None in (s32, u32, s1, u1, r32, ru32):
-        return {}
-    return {
-        "compat_c32_serve_over_uvicorn": round(s32["rps"] / u32["rps"], 3),
-        "compat_c32_serve_p99_over_p50": round(s32["p99_ms"] / s32["p50_ms"], 3),
-        "compat_c1_serve_p50_over_uvicorn": round(s1["p50_ms"] / u1["p50_ms"], 3),
-        "retrieve_c32_serve_over_uvicorn": round(r32["rps"] / ru32["rps"], 3),
-    }
+    checks = {}
+    for target in results.get("targets", {}):
+        if not target.startswith("serve-"):
+            continue
+        s32, u32 = _row(results, target, compat, 32), _row(results, "uvicorn-1", compat, 32)
+        s1, u1 = _row(results, target, compat, 1), _row(results, "uvicorn-1", compat, 1)
+        r32, ru32 = _row(results, target, retrieve, 32), _row(results, "uvicorn-1", retrieve, 32)
+        if None in (s32, u32, s1, u1, r32, ru32):
+            continue
+        checks[target] = {
+            "compat_c32_serve_over_uvicorn": round(s32["rps"] / u32["rps"], 3),
+            "compat_c32_serve_p99_over_p50": round(s32["p99_ms"] / s32["p50_ms"], 3),
+            "compat_c1_serve_p50_over_uvicorn": round(s1["p50_ms"] / u1["p50_ms"], 3),
+            "retrieve_c32_serve_over_uvicorn": round(r32["rps"] / ru32["rps"], 3),
+        }
+    return checks
 
 
 COLUMNS = ("target", "endpoint", "conc.", "req/s", "p50 ms", "p99 ms", "fail", "÷ bare",
