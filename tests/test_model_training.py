@@ -133,6 +133,28 @@ def test_evaluate_reports_every_metric(hybrid, synth_dir, catalog):
     assert result["fitb_accuracy_compat"] > 0.25  # chance with 4 answers
 
 
+def test_retrieval_metrics_use_a_seeded_sample_of_at_most_max_queries(hybrid, synth_dir, catalog):
+    """Retrieval ranks the whole catalog per query: `max_queries` caps the held-out items (the
+    same sample each time, in split order); AUC and FITB keep the whole split. Without the
+    baselines, no `keyword_*` metric is computed."""
+    from outfitter.model.evaluate import holdouts
+
+    split = load_split(synth_dir, "nondisjoint", "test", catalog)
+    every = holdouts(split, 0)
+    sample = holdouts(split, 0, limit=10)
+    assert len(every) > 10 and len(sample) == 10 and sample == holdouts(split, 0, limit=10)
+    assert [every.index(h) for h in sample] == sorted(every.index(h) for h in sample)
+    assert holdouts(split, 0, limit=len(every)) == every
+    capped = evaluate(hybrid.model, hybrid.builder, split, catalog, max_queries=10)
+    full = evaluate(hybrid.model, hybrid.builder, split, catalog, baselines=False)
+    assert capped["n_recall"] == 10 and full["n_recall"] == len(every)
+    assert capped["compatibility_auc"] == full["compatibility_auc"]
+    assert capped["fitb_accuracy"] == full["fitb_accuracy"]
+    assert any(k.startswith("keyword_") for k in capped)
+    assert not any(k.startswith("keyword_") for k in full)
+    assert {k for k in capped if not k.startswith("keyword_")} == set(full)
+
+
 def test_hybrid_checkpoint_round_trip(hybrid, synth_dir, catalog, tmp_path):
     save_checkpoint(
         tmp_path, hybrid.model, hybrid.cfg, {"epochs": 40}, towers=hybrid.builder.towers

@@ -12,6 +12,10 @@
   inferred category, or the whole catalog); `*_recall_at_10` of the held-out item and
   `*_in_category`, the share of the top 10 in its category. `keyword_*`: the same queries through
   a TF-IDF search over titles (`model.keyword`), which ignores the outfit.
+
+Every retrieval query ranks the whole catalog, so these metrics cost (queries x items): they use
+a seeded sample of at most `MAX_RETRIEVAL_QUERIES` held-out items (`n_recall` says how many; a
+recall near 0.5 is then known to about ±0.011). AUC and FITB always use the whole split.
 """
 
 from __future__ import annotations
@@ -26,6 +30,10 @@ from outfitter.data.types import Catalog, Split
 from outfitter.model import metrics
 from outfitter.model.keyword import KeywordSearch
 from outfitter.model.retrieval import query_vectors, search_mask
+
+# Held-out items whose retrieval is measured, at most: at Polyvore size (200k items, ~15k test
+# outfits) ranking all of them against the catalog nine ways took longer than the training.
+MAX_RETRIEVAL_QUERIES = 2000
 
 
 @torch.no_grad()
@@ -115,7 +123,9 @@ def short_description(title: str, rng: np.random.Generator) -> str:
     return f"{words[int(rng.integers(len(words) - 1))]} {words[-1]}"
 
 
-def holdouts(split: Split, seed: int) -> list[tuple[list[str], str]]:
+def holdouts(split: Split, seed: int, limit: int | None = None) -> list[tuple[list[str], str]]:
+    """(context, held-out item) of each outfit of 2+ items, the item a seeded choice; `limit`:
+    a seeded sample of at most that many (in split order), the same for the same split."""
     rng = np.random.default_rng(seed)
     out = []
     for outfit in split.outfits:
@@ -123,6 +133,9 @@ def holdouts(split: Split, seed: int) -> list[tuple[list[str], str]]:
             k = int(rng.integers(len(outfit.item_ids)))
             context = [i for j, i in enumerate(outfit.item_ids) if j != k]
             out.append((context, outfit.item_ids[k]))
+    if limit is not None and len(out) > limit:
+        keep = np.random.default_rng([seed, 1]).choice(len(out), size=limit, replace=False)
+        out = [out[i] for i in sorted(keep)]
     return out
 
 
@@ -136,10 +149,15 @@ def evaluate(
     recall_k: int = 10,
     seed: int = 0,
     vecs=None,
+    baselines: bool = True,
+    max_queries: int | None = MAX_RETRIEVAL_QUERIES,
 ) -> dict:
     """Metrics of `model` on `split` (see the module docstring); NaN where a task is absent.
 
     `vecs`: the catalog's item vectors (M, D) in `catalog.item_ids` order, when already computed.
+    `baselines=False` leaves out the `keyword_*` metrics: they do not depend on the model (the
+    per-epoch validation of training skips them; at 200k items they were half its time).
+    `max_queries`: held-out items in the retrieval metrics at most (None: all).
     """
     model.eval()
     ids = catalog.item_ids
@@ -173,7 +191,7 @@ def evaluate(
         by_query = torch.einsum("qd,qcd->qc", query, vecs[answers.to(vecs.device)])
         result["fitb_accuracy"] = metrics.fitb_accuracy(by_query.float().cpu().numpy(), correct)
 
-    held = holdouts(split, seed)
+    held = holdouts(split, seed, max_queries)
     result["n_recall"] = len(held)
     result[f"recall_at_{recall_k}"] = float("nan")
     if held:
@@ -192,7 +210,9 @@ def evaluate(
             hits += chunk * len(scores)
         result[f"recall_at_{recall_k}"] = hits / len(held)
         result.update(
-            description_retrieval(model, builder, catalog, vecs, held, batch_size, recall_k, seed)
+            description_retrieval(
+                model, builder, catalog, vecs, held, batch_size, recall_k, seed, baselines
+            )
         )
     return result
 
@@ -200,9 +220,10 @@ def evaluate(
 @torch.no_grad()
 def description_retrieval(
     model, builder, catalog: Catalog, vecs, held, batch_size: int = 64, k: int = 10,
-    seed: int = 0,
+    seed: int = 0, baselines: bool = True,
 ) -> dict[str, float]:  # fmt: skip
-    """`retrieval_*` and `keyword_*` metrics (module docstring) of held-out (context, item)."""
+    """`retrieval_*` and `keyword_*` metrics (module docstring) of held-out (context, item);
+    `baselines=False`: the model's `retrieval_*` only."""
     ids = catalog.item_ids
     row = {item_id: r for r, item_id in enumerate(ids)}
     item_cat = np.array([catalog.items[i].category_index for i in ids])
@@ -212,7 +233,7 @@ def description_retrieval(
     contexts = [[row[i] for i in c] for c, _ in held]
     targets = np.array([row[t] for _, t in held])
     target_cat = item_cat[targets]
-    keyword = KeywordSearch([catalog.items[i].title for i in ids])
+    keyword = KeywordSearch([catalog.items[i].title for i in ids]) if baselines else None
     out: dict[str, float] = {}
     for name, texts in descriptions.items():
         for with_cat in (False, True):
@@ -231,6 +252,8 @@ def description_retrieval(
                     target_cat[sl], item_cat,
                 )  # fmt: skip
                 model_hits, model_share = model_hits + r * n, model_share + share * n
+                if keyword is None:
+                    continue
                 kw_valid = search_mask(item_cat, given[sl])
                 for q, context in enumerate(contexts[sl]):
                     kw_valid[q, context] = False
@@ -240,6 +263,7 @@ def description_retrieval(
                 keyword_hits, keyword_share = keyword_hits + r * n, keyword_share + share * n
             out[f"retrieval_{key}_recall_at_{k}"] = model_hits / len(held)
             out[f"retrieval_{key}_in_category"] = model_share / len(held)
-            out[f"keyword_{key}_recall_at_{k}"] = keyword_hits / len(held)
-            out[f"keyword_{key}_in_category"] = keyword_share / len(held)
+            if keyword is not None:
+                out[f"keyword_{key}_recall_at_{k}"] = keyword_hits / len(held)
+                out[f"keyword_{key}_in_category"] = keyword_share / len(held)
     return out

@@ -66,12 +66,15 @@ def evaluate_pairs(
     return result
 
 
-def evaluate_split(model, builder, split: Split, catalog: Catalog, *, vecs=None) -> dict:
+def evaluate_split(
+    model, builder, split: Split, catalog: Catalog, *, vecs=None, baselines: bool = True
+) -> dict:
     """The metrics of the split's kind: pair metrics for a pair split (it carries `pairs`),
     outfit metrics (`evaluate.evaluate`: AUC, FITB, retrieval) otherwise. `vecs`: the catalog's
-    item vectors (M, D) when already computed (encoded here otherwise)."""
+    item vectors (M, D) when already computed (encoded here otherwise); `baselines=False`: no
+    model-independent keyword baselines."""
     if split.pairs:
         return evaluate_pairs(model, builder, split, catalog, vecs=vecs)
     from outfitter.model.evaluate import evaluate
 
-    return evaluate(model, builder, split, catalog, vecs=vecs)
+    return evaluate(model, builder, split, catalog, vecs=vecs, baselines=baselines)

@@ -221,7 +221,11 @@ class EpochRunner:
         from outfitter.model.evaluate_pairs import evaluate_split
 
         self.task.eval()
-        metrics = evaluate_split(self.model, self.builder, self.valid_split, self.catalog)
+        # The keyword baselines do not change with the weights: the evaluation after training
+        # reports them once.
+        metrics = evaluate_split(
+            self.model, self.builder, self.valid_split, self.catalog, baselines=False
+        )
         return {f"valid_{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
 
     def update_early_stopping(self, metrics: dict) -> bool:
