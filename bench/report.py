@@ -286,6 +286,13 @@ def scale(results: dict) -> str:
     ]  # fmt: skip
     if requests:
         parts.append("Served catalog, one request of each kind: " + "; ".join(requests) + ".")
+    separate = [
+        f"{r['outfits']:,} outfits: measured in its own run, {r['measured']['date'][:16]} UTC, "
+        f"at {r['measured']['commit']}"
+        for r in results["sizes"] if "measured" in r
+    ]  # fmt: skip
+    if separate:
+        parts.append("Rows not from the run dated above: " + "; ".join(separate) + ".")
     parts.append(f"![wall time and peak memory per stage](bench/results/{png.name})")
     return "\n\n".join(parts)
 
