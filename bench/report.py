@@ -167,8 +167,6 @@ def serving(results: dict) -> str:
 def _done_when(checks: dict) -> str:
     if not checks:
         return ""
-    if "compat_c32_serve_over_uvicorn" in checks:  # a run of one replica count (older JSON)
-        checks = {"serve": checks}
     lines = []
     for target, c in checks.items():
         lines.append(

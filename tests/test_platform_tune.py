@@ -100,12 +100,14 @@ def _trial_dirs(storage: Path, name: str) -> list[Path]:
     return [p for p in root.iterdir() if (p / "params.json").is_file()] if root.is_dir() else []
 
 
-def _finished_trials(storage: Path, name: str, epochs: int) -> int:
-    done = 0
+def _finished_trials(storage: Path, name: str, epochs: int) -> dict[str, str]:
+    """Trial folder name -> its result.json, for the trials that reported `epochs` epochs."""
+    done = {}
     for trial in _trial_dirs(storage, name):
         result = trial / "result.json"
-        if result.exists() and len(result.read_text().splitlines()) >= epochs:
-            done += 1
+        text = result.read_text() if result.is_file() else ""
+        if len(text.splitlines()) >= epochs:
+            done[trial.name] = text
     return done
 
 
@@ -131,18 +133,13 @@ def test_killed_smoke_search_resumes_and_registers_the_best_trial(synth_dir, tmp
     )
     deadline = time.time() + 300
     max_t = search.scheduler.max_t  # the first trial has no rival to lose to: it runs them all
-    while time.time() < deadline and _finished_trials(storage, search.name, max_t) < 1:
+    while time.time() < deadline and not _finished_trials(storage, search.name, max_t):
         assert first.poll() is None, "the search ended before it could be interrupted"
         time.sleep(0.5)
     os.killpg(first.pid, signal.SIGKILL)  # the driver and its Ray processes
     first.wait(timeout=60)
     # Two trials run side by side (smoke.yaml): both may have finished by the kill.
-    finished = {
-        p.name: (p / "result.json").read_text()
-        for p in _trial_dirs(storage, search.name)
-        if (p / "result.json").is_file()
-        and len((p / "result.json").read_text().splitlines()) >= max_t
-    }
+    finished = _finished_trials(storage, search.name, max_t)
     assert 1 <= len(finished) < search.num_samples, sorted(finished)
     second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-2000:]
