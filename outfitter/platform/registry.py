@@ -91,11 +91,54 @@ def configure_tracking(workdir: Path | str | None = None) -> str:
     if not uri:
         workdir = Path(workdir or "outfitter-work").resolve()
         workdir.mkdir(parents=True, exist_ok=True)
-        uri = f"sqlite:///{workdir / 'mlflow.db'}"
+        store = workdir / "mlflow.db"
+        if not store.exists():
+            _seed_sqlite_store(store)
+        uri = f"sqlite:///{store}"
         os.environ["MLFLOW_TRACKING_URI"] = uri
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return uri
+
+
+def _seed_sqlite_store(store: Path) -> None:
+    """Start a new local store from a copy of an empty, migrated one.
+
+    MLflow builds a new sqlite store by running its whole schema migration history, ~4 s here
+    for every new workdir. The migrated schema, without any experiment, is kept once per MLflow
+    version in `$OUTFITTER_CACHE_DIR/mlflow/`; a copy opens in ~0.2 s, and MLflow adds its
+    `Default` experiment (artifact location resolved then, as for a new store) on first open.
+    Anything unexpected leaves `store` absent, and MLflow creates it the usual way.
+    """
+    import sqlite3
+
+    import mlflow
+
+    from outfitter.platform.embed import default_cache_dir
+
+    template = default_cache_dir() / "mlflow" / f"empty-store-{mlflow.__version__}.db"
+    tag = uuid.uuid4().hex
+    built, copied = template.with_name(f".{tag}.db"), store.with_name(f".{store.name}.{tag}")
+    try:
+        if not template.exists():
+            from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+            template.parent.mkdir(parents=True, exist_ok=True)
+            SqlAlchemyStore(f"sqlite:///{built}", str(template.parent)).engine.dispose()
+            with contextlib.closing(sqlite3.connect(built)) as db, db:
+                db.execute("DELETE FROM experiments")  # the Default one: made again on first open
+            os.replace(built, template)  # whole or not at all; concurrent builders both succeed
+        shutil.copyfile(template, copied)
+        with contextlib.closing(sqlite3.connect(copied)) as db:
+            db.execute("SELECT version_num FROM alembic_version").fetchone()
+        os.link(copied, store)  # never over a store another process has just made
+    except sqlite3.DatabaseError:  # a damaged template: rebuilt by the next new store
+        template.unlink(missing_ok=True)
+    except Exception:  # an MLflow whose store differs, or a lost race: MLflow opens it as usual
+        pass
+    finally:
+        built.unlink(missing_ok=True)
+        copied.unlink(missing_ok=True)
 
 
 def ensure_experiment(name: str, workdir: Path | str | None = None) -> str:
