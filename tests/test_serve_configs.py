@@ -142,4 +142,5 @@ def test_haproxy_ingress_is_on_where_serve_starts(monkeypatch):
     for group in groups:
         for container in group["template"]["spec"]["containers"]:
             env = {e["name"]: e["value"] for e in container["env"]}
-            assert env.get("RAY_SERVE_ENABLE_HA_PROXY") == "1", container["name"]
+            for key, value in launch.SERVE_ENV.items():  # the same settings as a local start
+                assert env.get(key) == value, (container["name"], key)

@@ -27,7 +27,16 @@ BUILDER = "outfitter.platform.serve.deployments:build_app"
 # and its p50 at c=1 from 14.6 to 5.3 ms (bench/results/serve_load_flags.json). Its frontend
 # and the replicas' ports still bind the `http_options.host` of the config (127.0.0.1 in
 # local.yaml: HAProxy's port and the replicas' 30000 and 30001, measured there too).
-SERVE_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1"}
+# A replica leaving (scale-down, Ctrl-C, a new version) first stays reachable for Ray's "minimum
+# draining period", 30 s by default, for a load balancer to drop it: here that balancer is the
+# node's own HAProxy, whose backend list is reloaded ~0.5 s after the controller's update, and a
+# stale HAProxy process that still routes to the replica afterwards is refused at connect and
+# retries another (Ray's drain phase 2). 5 s keeps a 10x margin; the 30 s held every `outfitter
+# serve` Ctrl-C and every scale-down for half a minute ("Controller failed to shut down").
+SERVE_ENV = {
+    "RAY_SERVE_ENABLE_HA_PROXY": "1",
+    "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "5",
+}
 
 
 def apply_serve_env() -> None:
