@@ -196,6 +196,7 @@ def run(args, data: Path, device: str, workdir: Path) -> dict:
 
     from outfitter.data import load_catalog
     from outfitter.model import load_config
+    from outfitter.platform.local_ray import ensure_ray
 
     catalog = load_catalog(data)
     clip_cfg = load_config(args.model).clip
@@ -210,7 +211,7 @@ def run(args, data: Path, device: str, workdir: Path) -> dict:
         repeats=args.repeats,
     )
     reference, before = run_plain()
-    ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
+    ensure_ray(num_cpus=args.cpus)
     common.quiet_ray_data()
     try:
         rate = n / min(before)

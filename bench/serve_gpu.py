@@ -45,6 +45,7 @@ def run_device(model: str, data: Path, bodies: dict, args, device: str) -> list[
     import ray
     from ray import serve
 
+    from outfitter.platform.local_ray import ensure_ray
     from outfitter.platform.serve import launch
 
     port = common.free_port()
@@ -53,7 +54,7 @@ def run_device(model: str, data: Path, bodies: dict, args, device: str) -> list[
     app["args"]["device"] = device
     if device != "cpu":
         app["deployments"][0]["ray_actor_options"]["num_gpus"] = args.gpu_per_replica
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    ensure_ray(num_cpus=os.cpu_count())
     try:
         launch.deploy(config)
         base = f"http://127.0.0.1:{port}"

@@ -313,13 +313,14 @@ def run_serve(
     import ray
     from ray import serve
 
+    from outfitter.platform.local_ray import ensure_ray
     from outfitter.platform.serve import launch
 
     port = common.free_port()
     if haproxy:
         os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
     before = listening()
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    ensure_ray(num_cpus=os.cpu_count())
     try:
         launch.deploy(serve_config(model, data, port, args["replicas"], env, access_log))
         base = f"http://127.0.0.1:{port}"
@@ -449,11 +450,12 @@ def run_burst(model, data, bodies, phases) -> dict:
     import ray
     from ray import serve
 
+    from outfitter.platform.local_ray import ensure_ray
     from outfitter.platform.serve import launch
 
     port = common.free_port()
     os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"  # as `outfitter serve`
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    ensure_ray(num_cpus=os.cpu_count())
     try:
         config = serve_config(model, data, port, None, ADOPTED)
         (deployment,) = config["applications"][0]["deployments"]

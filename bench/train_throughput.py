@@ -299,11 +299,13 @@ def main(argv=None) -> None:
 
     import ray
 
+    from outfitter.platform.local_ray import ensure_ray
+
     with tempfile.TemporaryDirectory(prefix="outfitter-bench-train-") as tmp:
         workdir = Path(tmp)  # catalog, feature cache, Ray Train storage: removed at the end
         data = common.synth_catalog(args.data, args.outfits, args.image_size, workdir)
         results["data"] = str(args.data or f"synthetic, {args.outfits} outfits")
-        ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
+        ensure_ray(num_cpus=args.cpus)
         common.quiet_ray_data()
         try:
             rows = [r for m in args.modes for r in run_mode(m, args, data, device, workdir)]

@@ -532,6 +532,7 @@ def serve(
 
     import ray
 
+    from outfitter.platform.local_ray import ensure_ray
     from outfitter.platform.serve import launch
 
     try:
@@ -541,7 +542,7 @@ def serve(
             _fail("--detach needs a running Ray cluster (`ray start --head`, then --address auto)")
         if not ray.is_initialized():
             launch.apply_serve_env()  # HAProxy ingress, where this starts the Ray instance
-            ray.init(address=address, namespace="serve", include_dashboard=False)
+            ensure_ray(address, namespace="serve", log_to_driver=True)
         names = launch.deploy(prepared)
     except (launch.ServeConfigError, RuntimeError, TimeoutError, *_user_errors()) as err:
         _fail(str(err))

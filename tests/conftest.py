@@ -65,7 +65,8 @@ def ray_session():
     import ray
 
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    from outfitter.platform.local_ray import ensure_ray
+
+    ensure_ray(num_cpus=2)  # a local instance, as the commands start one
     yield ray
     ray.shutdown()

@@ -76,6 +76,8 @@ def run_demo(
 
     import ray
 
+    from outfitter.platform.local_ray import ensure_ray
+
     cfg = DemoConfig.quick() if quick else DemoConfig()
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -99,7 +101,7 @@ def run_demo(
         from outfitter.platform.serve.launch import apply_serve_env
 
         apply_serve_env()  # Serve's HAProxy ingress (read when Ray starts)
-        ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, log_to_driver=False)
+        ensure_ray(num_cpus=max(2, os.cpu_count() or 2))
     overrides = {"clip.pretrained": str(towers)}
     embedded = stages.run("3. Ray Data embedding", _embed, data, overrides)
     console.print(f"{embedded} items embedded")

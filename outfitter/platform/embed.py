@@ -105,12 +105,13 @@ def embed_catalog(
     """
     import ray
 
+    from outfitter.platform.local_ray import ensure_ray
+
     key = f"{catalog_stamp(catalog)}-{tower_stamp(clip_cfg)}"
     out = Path(cache_dir or default_cache_dir()) / "features" / key
     if not force and (out / "meta.json").exists():
         return FeatureTable.load(out), out, True
-    if not ray.is_initialized():
-        ray.init(include_dashboard=False, log_to_driver=False)
+    ensure_ray()
     ray.data.DataContext.get_current().print_on_execution_start = False
     use_gpu = bool(ray.cluster_resources().get("GPU", 0)) if use_gpu is None else use_gpu
     ids = catalog.item_ids

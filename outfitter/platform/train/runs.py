@@ -161,10 +161,10 @@ def train_and_register(
     `data_format`: polyvore or amazon (`data.formats`); None detects it from the folder.
     """
     import mlflow
-    import ray
 
     from outfitter.model import load_config
     from outfitter.platform import registry
+    from outfitter.platform.local_ray import ensure_ray
     from outfitter.platform.train.trainer import (
         best_checkpoint_dir,
         build_trainer,
@@ -178,8 +178,7 @@ def train_and_register(
     model_cfg = load_config(model_config, overrides=overrides or None)
     settings = settings.resolve(model_cfg)
     inputs = prepare_inputs(model_cfg, data_dir, cache_dir=cache_dir, data_format=data_format)
-    if not ray.is_initialized():
-        ray.init(include_dashboard=False, log_to_driver=False)
+    ensure_ray()
     with find_or_start_run(settings.run_name, experiment_id) as run:
         run_id = run.info.run_id
         _log_params(model_cfg, settings, inputs["data_dir"])

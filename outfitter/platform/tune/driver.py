@@ -35,6 +35,7 @@ def run_search(
 
     from outfitter.model import load_config
     from outfitter.platform import registry
+    from outfitter.platform.local_ray import ensure_ray
     from outfitter.platform.train.runs import EXPERIMENT, find_or_start_run, prepare_inputs
     from outfitter.platform.train.settings import TrainSettings
     from outfitter.platform.train.trainer import checked_storage_path
@@ -61,8 +62,7 @@ def run_search(
     if search.scheduler.type == "asha" and base_settings.epochs < search.scheduler.max_t:
         base_settings = base_settings.with_overrides(epochs=search.scheduler.max_t)
     inputs = prepare_inputs(base_cfg, data_dir, data_format=data_format)
-    if not ray.is_initialized():
-        ray.init(include_dashboard=False, log_to_driver=False)
+    ensure_ray()
     storage_path = checked_storage_path(storage_path)
     base_settings = base_settings.with_overrides(
         storage_path=str(Path(storage_path) / f"{search.name}-trials")
