@@ -318,7 +318,7 @@ def run_serve(
 
     port = common.free_port()
     if haproxy:
-        os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
+        os.environ.update(launch.SERVE_ENV)  # HAProxy ingress and its drain, as `outfitter serve`
     before = listening()
     ensure_ray(num_cpus=os.cpu_count())
     try:
@@ -341,7 +341,8 @@ def run_serve(
     finally:
         serve.shutdown()
         ray.shutdown()
-        os.environ.pop("RAY_SERVE_ENABLE_HA_PROXY", None)
+        for key in launch.SERVE_ENV:
+            os.environ.pop(key, None)
 
 
 def listening() -> set[str]:
@@ -454,7 +455,7 @@ def run_burst(model, data, bodies, phases) -> dict:
     from outfitter.platform.serve import launch
 
     port = common.free_port()
-    os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"  # as `outfitter serve`
+    os.environ.update(launch.SERVE_ENV)  # HAProxy ingress and its drain, as `outfitter serve`
     ensure_ray(num_cpus=os.cpu_count())
     try:
         config = serve_config(model, data, port, None, ADOPTED)
@@ -483,7 +484,8 @@ def run_burst(model, data, bodies, phases) -> dict:
     finally:
         serve.shutdown()
         ray.shutdown()
-        os.environ.pop("RAY_SERVE_ENABLE_HA_PROXY", None)
+        for key in launch.SERVE_ENV:
+            os.environ.pop(key, None)
 
 
 # ---------------------------------------------------------------- main
