@@ -140,6 +140,43 @@ def test_optimizer_groups_use_tower_lr_and_skip_decay_on_tokens():
     assert any(p is hybrid.outfit_token for g in no_decay for p in g["params"])
 
 
+def test_fused_optimizer_steps_like_the_default_one():
+    """make_optimizer's fused AdamW: same weights as PyTorch's default loop after some steps,
+    and it resumes from a state saved by either."""
+    cfg = load_config("hybrid-tiny")
+    torch.manual_seed(0)
+    fused_model, plain_model = build_model(cfg), build_model(cfg)
+    plain_model.load_state_dict(fused_model.state_dict())
+    fused = make_optimizer(cfg, fused_model)
+    assert all(g["fused"] for g in fused.param_groups)
+    plain = torch.optim.AdamW(_same_groups(fused, fused_model, plain_model))
+    for _ in range(5):
+        for a, b in zip(fused_model.parameters(), plain_model.parameters(), strict=True):
+            a.grad = torch.randn_like(a)
+            b.grad = a.grad.clone()
+        fused.step()
+        plain.step()
+    for a, b in zip(fused_model.parameters(), plain_model.parameters(), strict=True):
+        torch.testing.assert_close(a, b)
+    resumed = make_optimizer(cfg, plain_model)
+    resumed.load_state_dict(plain.state_dict())
+    resumed.step()  # a checkpoint of the default loop opens in the fused one
+
+
+def _same_groups(optimizer, model, other):
+    """`optimizer`'s groups (lr, decay) over `other`'s parameters, without the fused flag."""
+    index = {id(p): n for n, p in model.named_parameters()}
+    params = dict(other.named_parameters())
+    return [
+        {
+            "params": [params[index[id(p)]] for p in g["params"]],
+            "lr": g["lr"],
+            "weight_decay": g["weight_decay"],
+        }
+        for g in optimizer.param_groups
+    ]
+
+
 def test_task_sums_the_weighted_losses():
     cfg = load_config("hybrid-tiny", {"loss.retrieval_weight": 0.5})
     task = OutfitTask(build_model(cfg), cfg)

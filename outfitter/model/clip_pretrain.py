@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from outfitter.model.config import ClipCfg
+from outfitter.model.task import adamw
 from outfitter.model.towers import Towers, create_towers
 
 
@@ -160,7 +161,7 @@ def pretrain(
     model, loss_fn = towers.model, ClipLoss()
     for p in model.parameters():
         p.requires_grad_(True)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
+    optimizer = adamw(model.parameters(), lr=lr, weight_decay=0.1)
     steps_per_epoch = math.ceil(len(train_ids) / batch_size)
     total = max(1, epochs * steps_per_epoch)
     total = min(total, max_steps) if max_steps else total
