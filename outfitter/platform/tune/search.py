@@ -70,6 +70,10 @@ def _child_run(
     client, experiment_id, parent_run_id, trial_name, params, settings, model_cfg
 ) -> str:
     """Reuse the trial's child run on resume (looked up by tag), else create it."""
+    from mlflow.entities import Param
+
+    from outfitter.platform.redact import redact
+
     found = client.search_runs(
         [experiment_id],
         filter_string=(
@@ -83,12 +87,13 @@ def _child_run(
         run_name=trial_name,
         tags={"mlflow.parentRunId": parent_run_id, "trial": trial_name},
     )
-    for key, value in {
+    values = {
         **params,
         **{f"settings.{k}": v for k, v in settings.to_dict().items()},
-    }.items():
-        client.log_param(run.info.run_id, key, str(value)[:500])
-    client.log_param(run.info.run_id, "model_config", model_cfg.name)
+        "model_config": model_cfg.name,
+    }  # one write for all of them, not one per parameter; credentials masked as in a Train run
+    params = [Param(k, redact(str(v))[:500]) for k, v in values.items()]
+    client.log_batch(run.info.run_id, params=params)
     return run.info.run_id
 
 
