@@ -211,7 +211,12 @@ class BatchedBackend:
         return {**core.model_info(self.current()), "load_error": self.load_error}
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=32)
+# Serve learns that a replica's process died only from its next health check: every 2 s here
+# instead of Ray's 10, so a crashed replica is replaced up to 8 s sooner (the check itself is one
+# actor call that the replica answers from its event loop).
+@serve.deployment(
+    ray_actor_options={"num_cpus": 1}, max_ongoing_requests=32, health_check_period_s=2
+)
 @serve.ingress()
 class Outfitter:
     """The FastAPI app of `app.create_app` over the model version its `user_config` names."""
