@@ -347,3 +347,16 @@ def test_a_runs_uri_resolves_into_the_cache(store):
     resolved = registry.resolve_model(f"runs:/{run.info.run_id}/model")
     assert (resolved.checkpoint_dir / "config.json").is_file()
     assert registry.model_cache_root() in resolved.checkpoint_dir.parents
+
+
+def test_every_cache_lives_under_one_root(monkeypatch, tmp_path):
+    """Downloaded models sit under the same root as features and vectors; an empty
+    OUTFITTER_CACHE_DIR counts as unset for all of them."""
+    from outfitter.platform.embed import default_cache_dir
+
+    monkeypatch.setenv("OUTFITTER_CACHE_DIR", str(tmp_path / "cache"))
+    assert registry.model_cache_root() == tmp_path / "cache" / "models"
+    monkeypatch.setenv("OUTFITTER_CACHE_DIR", "")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_cache_dir() == tmp_path / "home" / ".cache" / "outfitter"
+    assert registry.model_cache_root() == default_cache_dir() / "models"

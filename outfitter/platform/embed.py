@@ -23,8 +23,10 @@ from outfitter.model.config import ClipCfg
 
 
 def default_cache_dir() -> Path:
-    """`$OUTFITTER_CACHE_DIR`, else `~/.cache/outfitter`."""
-    return Path(os.environ.get("OUTFITTER_CACHE_DIR", Path.home() / ".cache" / "outfitter"))
+    """`$OUTFITTER_CACHE_DIR` (an empty value counts as unset), else `~/.cache/outfitter`: the
+    one root of every cache (features, catalog vectors, downloaded models, the MLflow store
+    template)."""
+    return Path(os.environ.get("OUTFITTER_CACHE_DIR") or Path.home() / ".cache" / "outfitter")
 
 
 def catalog_stamp(catalog: Catalog) -> str:

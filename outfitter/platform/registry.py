@@ -472,9 +472,10 @@ def _verified_index(folder: Path, mv, index_uri: str) -> Path:
 
 
 def model_cache_root() -> Path:
-    """`$OUTFITTER_CACHE_DIR/models` (else `~/.cache/outfitter/models`)."""
-    base = os.environ.get("OUTFITTER_CACHE_DIR") or Path.home() / ".cache" / "outfitter"
-    return Path(base) / "models"
+    """`models/` under the cache root (`embed.default_cache_dir`)."""
+    from outfitter.platform.embed import default_cache_dir
+
+    return default_cache_dir() / "models"
 
 
 def _download(store: str, source: str, index_uri: str | None, dst: Path | None) -> Path:
