@@ -306,6 +306,16 @@ def serve_config(
     return launch.prepare_config(config, pin=False)
 
 
+def serve_env(haproxy: bool = True):
+    """launch.SERVE_ENV (HAProxy ingress and its drain, as `outfitter serve` sets them) in this
+    process while Ray starts and runs; the environment as it was afterwards."""
+    from unittest import mock
+
+    from outfitter.platform.serve import launch
+
+    return mock.patch.dict(os.environ, launch.SERVE_ENV if haproxy else {})
+
+
 def run_serve(
     model, data, bodies, args, env: dict, *, haproxy: bool = False, access_log: bool = False
 ) -> list[dict]:
@@ -317,32 +327,30 @@ def run_serve(
     from outfitter.platform.serve import launch
 
     port = common.free_port()
-    if haproxy:
-        os.environ.update(launch.SERVE_ENV)  # HAProxy ingress and its drain, as `outfitter serve`
-    before = listening()
-    ensure_ray(num_cpus=os.cpu_count())
-    try:
-        launch.deploy(serve_config(model, data, port, args["replicas"], env, access_log))
-        base = f"http://127.0.0.1:{port}"
-        common.wait_healthy(base)
-        # Serve's own HTTP sockets: the proxy (or HAProxy) port and the replicas' direct-ingress
-        # ports (30000-31000); Ray's internal ports (GCS, raylet, ...) are not Serve's to choose.
-        opened = sorted(
-            a
-            for a in listening() - before
-            if int(a.rsplit(":", 1)[1]) == port or 30000 <= int(a.rsplit(":", 1)[1]) <= 31000
-        )
-        LISTENING[f"haproxy={haproxy}"] = opened
-        print(f"  listening after deploy: {opened}", flush=True)
-        groups = process_groups("serve", [os.getpid()])
-        if haproxy:
-            groups["proxy"] = groups.get("proxy", []) + _haproxy_pids()
-        return run_levels(base, bodies, args["window"], args["warmup"], groups)
-    finally:
-        serve.shutdown()
-        ray.shutdown()
-        for key in launch.SERVE_ENV:
-            os.environ.pop(key, None)
+    with serve_env(haproxy):
+        before = listening()
+        ensure_ray(num_cpus=os.cpu_count())
+        try:
+            launch.deploy(serve_config(model, data, port, args["replicas"], env, access_log))
+            base = f"http://127.0.0.1:{port}"
+            common.wait_healthy(base)
+            # Serve's own HTTP sockets: the proxy (or HAProxy) port and the replicas'
+            # direct-ingress ports (30000-31000); Ray's internal ports (GCS, raylet, ...) are not
+            # Serve's to choose.
+            opened = sorted(
+                a
+                for a in listening() - before
+                if int(a.rsplit(":", 1)[1]) == port or 30000 <= int(a.rsplit(":", 1)[1]) <= 31000
+            )
+            LISTENING[f"haproxy={haproxy}"] = opened
+            print(f"  listening after deploy: {opened}", flush=True)
+            groups = process_groups("serve", [os.getpid()])
+            if haproxy:
+                groups["proxy"] = groups.get("proxy", []) + _haproxy_pids()
+            return run_levels(base, bodies, args["window"], args["warmup"], groups)
+        finally:
+            serve.shutdown()
+            ray.shutdown()
 
 
 def listening() -> set[str]:
@@ -455,37 +463,35 @@ def run_burst(model, data, bodies, phases) -> dict:
     from outfitter.platform.serve import launch
 
     port = common.free_port()
-    os.environ.update(launch.SERVE_ENV)  # HAProxy ingress and its drain, as `outfitter serve`
-    ensure_ray(num_cpus=os.cpu_count())
-    try:
-        config = serve_config(model, data, port, None, ADOPTED)
-        (deployment,) = config["applications"][0]["deployments"]
-        base = f"http://127.0.0.1:{port}"
-        launch.deploy(config)
-        common.wait_healthy(base)
+    with serve_env():
+        ensure_ray(num_cpus=os.cpu_count())
+        try:
+            config = serve_config(model, data, port, None, ADOPTED)
+            (deployment,) = config["applications"][0]["deployments"]
+            base = f"http://127.0.0.1:{port}"
+            launch.deploy(config)
+            common.wait_healthy(base)
 
-        def replicas_now() -> int:
-            app = serve.status().applications[APP]
-            return int(app.deployments["Outfitter"].replica_states.get("RUNNING", 0))
+            def replicas_now() -> int:
+                app = serve.status().applications[APP]
+                return int(app.deployments["Outfitter"].replica_states.get("RUNNING", 0))
 
-        samples, counts = asyncio.run(
-            _burst(base, bodies["/v1/compatibility"], phases, replicas_now)
-        )
-        return {
-            "phases": [{"seconds": s, "concurrency": c} for s, c in phases],
-            "autoscaling_config": deployment.get("autoscaling_config"),
-            "samples": samples,
-            "ok": counts["ok"],
-            "failed": counts["failed"],
-            "versions": counts["versions"],
-            "max_replicas_seen": max(s["replicas"] for s in samples),
-            "final_replicas": samples[-1]["replicas"],
-        }
-    finally:
-        serve.shutdown()
-        ray.shutdown()
-        for key in launch.SERVE_ENV:
-            os.environ.pop(key, None)
+            samples, counts = asyncio.run(
+                _burst(base, bodies["/v1/compatibility"], phases, replicas_now)
+            )
+            return {
+                "phases": [{"seconds": s, "concurrency": c} for s, c in phases],
+                "autoscaling_config": deployment.get("autoscaling_config"),
+                "samples": samples,
+                "ok": counts["ok"],
+                "failed": counts["failed"],
+                "versions": counts["versions"],
+                "max_replicas_seen": max(s["replicas"] for s in samples),
+                "final_replicas": samples[-1]["replicas"],
+            }
+        finally:
+            serve.shutdown()
+            ray.shutdown()
 
 
 # ---------------------------------------------------------------- main
