@@ -434,3 +434,14 @@ def test_registry_errors_hold_no_credentials(monkeypatch):
     message = str(err.value)
     assert SECRET not in message and "alice:***@127.0.0.1:9" in message, message
     assert "cannot resolve 'models:/outfitter@champion'" in message
+
+
+def test_param_values_are_masked_text_within_mlflows_limit():
+    """What a Train run and a Tune trial's child run log as MLflow params."""
+    from outfitter.platform.redact import param_values
+
+    out = param_values(
+        {"storage": "s3://bucket/runs?secret_key=SECRET", "workers": 2, "long": "x" * 600}
+    )
+    assert "SECRET" not in out["storage"] and out["storage"].startswith("s3://bucket/runs")
+    assert out["workers"] == "2" and len(out["long"]) == 500

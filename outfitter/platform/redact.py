@@ -44,3 +44,9 @@ def redact(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return type(value)(redact(v) for v in value)
     return value
+
+
+def param_values(values: dict[str, Any], limit: int = 500) -> dict[str, str]:
+    """MLflow param values: each value as text, credentials masked, at most `limit` characters
+    (what a Train run and a Tune trial's child run log)."""
+    return {k: redact(str(v))[:limit] for k, v in values.items()}

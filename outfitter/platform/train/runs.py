@@ -238,11 +238,11 @@ def _log_params(model_cfg, settings: TrainSettings, data_dir: str) -> None:
     """The resolved configs as params and JSON artifacts, credentials in URIs masked."""
     import mlflow
 
-    from outfitter.platform.redact import redact
+    from outfitter.platform.redact import param_values, redact
 
     flat = _flatten({"model": model_cfg.to_dict(), "settings": settings.to_dict()})
     flat["data_dir"] = data_dir
-    mlflow.log_params({k: redact(str(v))[:500] for k, v in flat.items()})
+    mlflow.log_params(param_values(flat))
     mlflow.log_dict(redact(model_cfg.to_dict()), "config/model_config.json")
     mlflow.log_dict(redact(settings.to_dict()), "config/train_settings.json")
 

@@ -72,7 +72,7 @@ def _child_run(
     """Reuse the trial's child run on resume (looked up by tag), else create it."""
     from mlflow.entities import Param
 
-    from outfitter.platform.redact import redact
+    from outfitter.platform.redact import param_values
 
     found = client.search_runs(
         [experiment_id],
@@ -92,8 +92,8 @@ def _child_run(
         **{f"settings.{k}": v for k, v in settings.to_dict().items()},
         "model_config": model_cfg.name,
     }  # one write for all of them, not one per parameter; credentials masked as in a Train run
-    params = [Param(k, redact(str(v))[:500]) for k, v in values.items()]
-    client.log_batch(run.info.run_id, params=params)
+    entries = [Param(k, v) for k, v in param_values(values).items()]
+    client.log_batch(run.info.run_id, params=entries)
     return run.info.run_id
 
 
