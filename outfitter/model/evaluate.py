@@ -234,36 +234,33 @@ def description_retrieval(
     targets = np.array([row[t] for _, t in held])
     target_cat = item_cat[targets]
     keyword = KeywordSearch([catalog.items[i].title for i in ids]) if baselines else None
-    out: dict[str, float] = {}
+    sums: dict[str, float] = {}  # metric -> sum over queries
     for name, texts in descriptions.items():
-        for with_cat in (False, True):
-            given = [int(c) for c in target_cat] if with_cat else [None] * len(held)
-            query, search = _queries(model, builder, vecs, contexts, given, batch_size, texts)
-            key = name + ("_cat" if with_cat else "")
-            model_hits = keyword_hits = model_share = keyword_share = 0.0
-            for i in range(0, len(held), 256):  # (q, M) chunks of the whole catalog
-                sl = slice(i, i + 256)
-                valid = search_mask(item_cat, search[sl])
-                for q, context in enumerate(contexts[sl]):
-                    valid[q, context] = False  # never the outfit's own items
-                n = valid.shape[0]
-                r, share = metrics.ranked_retrieval(
-                    (query[sl] @ vecs.T).float().cpu().numpy(), targets[sl], k, valid,
-                    target_cat[sl], item_cat,
-                )  # fmt: skip
-                model_hits, model_share = model_hits + r * n, model_share + share * n
-                if keyword is None:
-                    continue
-                kw_valid = search_mask(item_cat, given[sl])
-                for q, context in enumerate(contexts[sl]):
-                    kw_valid[q, context] = False
-                r, share = metrics.ranked_retrieval(
-                    keyword.scores(texts[sl]), targets[sl], k, kw_valid, target_cat[sl], item_cat
-                )
-                keyword_hits, keyword_share = keyword_hits + r * n, keyword_share + share * n
-            out[f"retrieval_{key}_recall_at_{k}"] = model_hits / len(held)
-            out[f"retrieval_{key}_in_category"] = model_share / len(held)
-            if keyword is not None:
-                out[f"keyword_{key}_recall_at_{k}"] = keyword_hits / len(held)
-                out[f"keyword_{key}_in_category"] = keyword_share / len(held)
-    return out
+        givens = {
+            name: [None] * len(held),  # the category inferred from the description
+            f"{name}_cat": [int(c) for c in target_cat],  # the category given
+        }
+        searches = {
+            key: _queries(model, builder, vecs, contexts, given, batch_size, texts)
+            for key, given in givens.items()
+        }
+        for i in range(0, len(held), 256):  # (q, M) chunks of the whole catalog
+            sl = slice(i, i + 256)
+            # a keyword block is the same for both searches of one description: scored once
+            kw_scores = keyword.scores(texts[sl]) if keyword is not None else None
+            for key, (query, search) in searches.items():
+                runs = [("retrieval", (query[sl] @ vecs.T).float().cpu().numpy(), search[sl])]
+                if kw_scores is not None:
+                    runs.append(("keyword", kw_scores, givens[key][sl]))
+                for method, scores, searched in runs:
+                    valid = search_mask(item_cat, searched)
+                    for q, context in enumerate(contexts[sl]):
+                        valid[q, context] = False  # never the outfit's own items
+                    r, share = metrics.ranked_retrieval(
+                        scores, targets[sl], k, valid, target_cat[sl], item_cat
+                    )
+                    n = len(valid)
+                    recall, in_cat = f"{method}_{key}_recall_at_{k}", f"{method}_{key}_in_category"
+                    sums[recall] = sums.get(recall, 0.0) + r * n
+                    sums[in_cat] = sums.get(in_cat, 0.0) + share * n
+    return {metric: total / len(held) for metric, total in sums.items()}

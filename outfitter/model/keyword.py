@@ -16,10 +16,12 @@ class KeywordSearch:
     """Cosine similarity of TF-IDF vectors (unigrams, sublinear tf) of descriptions and titles."""
 
     def __init__(self, titles: Sequence[str]):
-        self.vectorizer = TfidfVectorizer(sublinear_tf=True, token_pattern=r"(?u)\b\w+\b")
+        self.vectorizer = TfidfVectorizer(
+            sublinear_tf=True, token_pattern=r"(?u)\b\w+\b", dtype=np.float32
+        )
         self.matrix = self.vectorizer.fit_transform(list(titles))  # (M, V), rows L2-normalised
 
     def scores(self, queries: Sequence[str]) -> np.ndarray:
         """Scores (Q, M) of every title for each query."""
         q = self.vectorizer.transform(list(queries))  # (Q, V)
-        return (q @ self.matrix.T).toarray().astype(np.float32)
+        return (q @ self.matrix.T).toarray()  # float32 throughout: a 200k catalog's block is big
