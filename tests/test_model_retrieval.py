@@ -13,12 +13,12 @@ import torch
 from outfitter.data import load_catalog
 from outfitter.data.types import CATEGORIES
 from outfitter.model import load_config
-from outfitter.model.evaluate import short_description
+from outfitter.model.evaluate import search_blocks, short_description
 from outfitter.model.factory import build_model
 from outfitter.model.inputs import UNKNOWN_CATEGORY, InputBuilder
 from outfitter.model.keyword import KeywordSearch
-from outfitter.model.metrics import ranked_retrieval
-from outfitter.model.retrieval import plan_targets, search_mask
+from outfitter.model.metrics import ranked_retrieval, recall_at_k
+from outfitter.model.retrieval import plan_targets
 from outfitter.model.words import word_ids, words
 
 
@@ -47,10 +47,61 @@ def test_ranked_retrieval_misses_a_target_outside_the_search():
     everywhere = np.ones((1, 4), bool)
     assert ranked_retrieval(scores, [2], 3, everywhere, [1], groups) == (1.0, pytest.approx(1 / 3))
     assert ranked_retrieval(scores, [2], 2, everywhere, [1], groups)[0] == 0.0
-    wrong_category = search_mask(groups, [0])  # the search keeps to category 0: never finds item 2
+    wrong_category = groups[None] == 0  # the search keeps to category 0: never finds item 2
     assert ranked_retrieval(scores, [2], 3, wrong_category, [1], groups)[0] == 0.0
-    right_category = search_mask(groups, [1])
+    right_category = groups[None] == 1
     assert ranked_retrieval(scores, [2], 1, right_category, [1], groups) == (1.0, 1.0)
+
+
+def _full_search(scores, searched, targets, contexts, item_cat, k):
+    """The metrics of a search over every catalog column, the rest masked (the reference)."""
+    valid = np.array(
+        [item_cat == s if s is not None else np.ones_like(item_cat, bool) for s in searched]
+    )
+    for q, outfit in enumerate(contexts):
+        valid[q, outfit] = False
+    ranked = ranked_retrieval(scores, targets, k, valid, item_cat[targets], item_cat)
+    return ranked, recall_at_k(scores, targets, k, valid)
+
+
+def test_search_blocks_give_the_metrics_of_a_full_search():
+    """Scoring each query against its search's items alone (`search_blocks`) gives the metrics of
+    ranking the whole catalog with the rest masked, targets outside the search included."""
+    rng = np.random.default_rng(0)
+    n_items, n_queries, k = 300, 90, 5
+    item_cat = rng.integers(0, 4, n_items)
+    scores = rng.normal(size=(n_queries, n_items)).astype(np.float32)
+    scores[:, :30] = 0.5  # ties
+    targets = rng.integers(0, n_items, n_queries)
+    contexts = [list(rng.choice(n_items, 3, replace=False)) for _ in range(n_queries)]
+    contexts = [[c for c in outfit if c != t] for outfit, t in zip(contexts, targets, strict=True)]
+    right = [int(item_cat[t]) for t in targets]
+    wrong = [int((item_cat[t] + 1) % 4) for t in targets]
+    mixed = [[None, r, w][q % 3] for q, (r, w) in enumerate(zip(right, wrong, strict=True))]
+    for searched in (right, mixed, [None] * n_queries):
+        (want_hit, want_share), want_recall = _full_search(
+            scores, searched, targets, contexts, item_cat, k
+        )
+        hits = share = recall = 0.0
+        seen = []
+        for rows, block, valid, target_col in search_blocks(
+            searched, targets, contexts, item_cat, budget=2_000
+        ):
+            assert (block[target_col] == targets[rows]).all()
+            sub = scores[np.ix_(rows, block)]
+            h, s = ranked_retrieval(
+                sub, target_col, k, valid, item_cat[targets[rows]], item_cat[block]
+            )
+            hits, share = hits + h * len(rows), share + s * len(rows)
+            if searched is right:
+                recall += recall_at_k(sub, target_col, k, valid) * len(rows)
+            seen.extend(rows.tolist())
+        assert sorted(seen) == list(range(n_queries))
+        assert hits / n_queries == pytest.approx(want_hit)
+        assert share / n_queries == pytest.approx(want_share)
+        if searched is right:
+            assert recall / n_queries == pytest.approx(want_recall)
+    assert want_hit > 0  # the test searches find some targets
 
 
 def test_keyword_search_finds_the_title_with_the_words():

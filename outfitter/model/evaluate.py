@@ -13,8 +13,9 @@
   `*_in_category`, the share of the top 10 in its category. `keyword_*`: the same queries through
   a TF-IDF search over titles (`model.keyword`), which ignores the outfit.
 
-Every retrieval query ranks the whole catalog, so these metrics cost (queries x items): they use
-a seeded sample of at most `MAX_RETRIEVAL_QUERIES` held-out items (`n_recall` says how many; a
+Every retrieval query ranks what it searches (its category's items, or the whole catalog; scored
+against those alone, `search_blocks`), so these metrics cost (queries x items): they use a seeded
+sample of at most `MAX_RETRIEVAL_QUERIES` held-out items (`n_recall` says how many; a
 recall near 0.5 is then known to about ±0.011). AUC and FITB always use the whole split.
 """
 
@@ -29,7 +30,7 @@ import torch
 from outfitter.data.types import Catalog, Split
 from outfitter.model import metrics
 from outfitter.model.keyword import KeywordSearch
-from outfitter.model.retrieval import query_vectors, search_mask
+from outfitter.model.retrieval import query_vectors
 
 # Held-out items whose retrieval is measured, at most: at Polyvore size (200k items, ~15k test
 # outfits) ranking all of them against the catalog nine ways took longer than the training.
@@ -201,13 +202,9 @@ def evaluate(
         cats = [int(item_cat[t]) for t in targets]
         query, _ = _queries(model, builder, vecs, contexts, cats, batch_size)  # (Q, D)
         hits = 0.0
-        for i in range(0, len(held), 256):  # chunks: (Q, M) scores of a whole catalog are big
-            scores = (query[i : i + 256] @ vecs.T).float().cpu().numpy()  # (q, M)
-            valid = item_cat[None, :] == np.array(cats[i : i + 256])[:, None]  # right category
-            for q, context in enumerate(contexts[i : i + 256]):
-                valid[q, context] = False
-            chunk = metrics.recall_at_k(scores, targets[i : i + 256], recall_k, valid)
-            hits += chunk * len(scores)
+        for rows, block, valid, target_col in search_blocks(cats, targets, contexts, item_cat):
+            scores = (query[rows] @ vecs[block].T).float().cpu().numpy()  # (q, c)
+            hits += metrics.recall_at_k(scores, target_col, recall_k, valid) * len(rows)
         result[f"recall_at_{recall_k}"] = hits / len(held)
         result.update(
             description_retrieval(
@@ -215,6 +212,46 @@ def evaluate(
             )
         )
     return result
+
+
+def search_blocks(searched, targets, contexts, item_cat, budget: int = 256 * 2**16):
+    """Retrieval queries grouped by what they search, each group scored against its search only.
+
+    A search is a category (int) or the whole catalog (None); at Polyvore size a category is a
+    tenth of the catalog, so scoring a query against its category's items alone is ~10x less
+    work than scoring it against every item and masking the rest.
+
+    Args:
+        searched: (Q,) each query's search. targets: (Q,) each query's wanted item (catalog row).
+        contexts: (Q,) each query's outfit (catalog rows), never a candidate.
+        item_cat: (M,) each catalog item's category.
+        budget: scores a block holds at most (rows x columns).
+
+    Yields (rows, block, valid, target_col): query indices (q,), catalog rows of the block's
+    columns (c,), valid (q, c) (False: the query's own outfit items, and targets outside the
+    search, appended as columns no query may return, which is how a full search misses them),
+    and each query's target column (q,).
+    """
+    targets, n_items = np.asarray(targets), len(item_cat)
+    groups: dict = {}
+    for q, s in enumerate(searched):
+        groups.setdefault(None if s is None else int(s), []).append(q)
+    col = np.full(n_items, -1)  # catalog row -> column in the current block
+    for s, rows in groups.items():
+        rows = np.asarray(rows)
+        inside = np.arange(n_items) if s is None else np.flatnonzero(item_cat == s)
+        block = np.concatenate([inside, np.setdiff1d(targets[rows], inside)])
+        col[block] = np.arange(len(block))
+        step = max(1, budget // len(block))
+        for i in range(0, len(rows), step):
+            chunk = rows[i : i + step]
+            valid = np.ones((len(chunk), len(block)), dtype=bool)
+            valid[:, len(inside) :] = False
+            for j, q in enumerate(chunk):
+                outfit = col[np.asarray(contexts[q], dtype=np.int64)]
+                valid[j, outfit[outfit >= 0]] = False
+            yield chunk, block, valid, col[targets[chunk]]
+        col[block] = -1
 
 
 @torch.no_grad()
@@ -236,31 +273,32 @@ def description_retrieval(
     keyword = KeywordSearch([catalog.items[i].title for i in ids]) if baselines else None
     sums: dict[str, float] = {}  # metric -> sum over queries
     for name, texts in descriptions.items():
-        givens = {
-            name: [None] * len(held),  # the category inferred from the description
-            f"{name}_cat": [int(c) for c in target_cat],  # the category given
-        }
-        searches = {
-            key: _queries(model, builder, vecs, contexts, given, batch_size, texts)
-            for key, given in givens.items()
-        }
-        for i in range(0, len(held), 256):  # (q, M) chunks of the whole catalog
-            sl = slice(i, i + 256)
-            # a keyword block is the same for both searches of one description: scored once
-            kw_scores = keyword.scores(texts[sl]) if keyword is not None else None
-            for key, (query, search) in searches.items():
-                runs = [("retrieval", (query[sl] @ vecs.T).float().cpu().numpy(), search[sl])]
-                if kw_scores is not None:
-                    runs.append(("keyword", kw_scores, givens[key][sl]))
-                for method, scores, searched in runs:
-                    valid = search_mask(item_cat, searched)
-                    for q, context in enumerate(contexts[sl]):
-                        valid[q, context] = False  # never the outfit's own items
-                    r, share = metrics.ranked_retrieval(
-                        scores, targets[sl], k, valid, target_cat[sl], item_cat
+        for key, given in (
+            (name, [None] * len(held)),
+            (f"{name}_cat", [int(c) for c in target_cat]),
+        ):
+            query, search = _queries(model, builder, vecs, contexts, given, batch_size, texts)
+
+            def by_model(rows, block, query=query):
+                return (query[rows] @ vecs[block].T).float().cpu().numpy()
+
+            def by_keyword(rows, block, texts=texts):
+                return keyword.scores([texts[r] for r in rows], block)
+
+            # the model searches as it planned (inferred category or whole catalog); the keyword
+            # search in the given category, or the whole catalog
+            runs = [("retrieval", by_model, search)]
+            if keyword is not None:
+                runs.append(("keyword", by_keyword, given))
+            for method, score, searched in runs:
+                hits = share = 0.0
+                for rows, block, valid, target_col in search_blocks(
+                    searched, targets, contexts, item_cat
+                ):
+                    recall, in_category = metrics.ranked_retrieval(
+                        score(rows, block), target_col, k, valid, target_cat[rows], item_cat[block]
                     )
-                    n = len(valid)
-                    recall, in_cat = f"{method}_{key}_recall_at_{k}", f"{method}_{key}_in_category"
-                    sums[recall] = sums.get(recall, 0.0) + r * n
-                    sums[in_cat] = sums.get(in_cat, 0.0) + share * n
+                    hits, share = hits + recall * len(rows), share + in_category * len(rows)
+                sums[f"{method}_{key}_recall_at_{k}"] = hits
+                sums[f"{method}_{key}_in_category"] = share
     return {metric: total / len(held) for metric, total in sums.items()}

@@ -21,7 +21,9 @@ class KeywordSearch:
         )
         self.matrix = self.vectorizer.fit_transform(list(titles))  # (M, V), rows L2-normalised
 
-    def scores(self, queries: Sequence[str]) -> np.ndarray:
-        """Scores (Q, M) of every title for each query."""
+    def scores(self, queries: Sequence[str], items=None) -> np.ndarray:
+        """Scores (Q, M) of every title for each query; (Q, len(items)) of the titles at rows
+        `items` when given."""
         q = self.vectorizer.transform(list(queries))  # (Q, V)
-        return (q @ self.matrix.T).toarray()  # float32 throughout: a 200k catalog's block is big
+        titles = self.matrix if items is None else self.matrix[np.asarray(items)]
+        return (q @ titles.T).toarray()  # float32 throughout: a 200k catalog's block is big

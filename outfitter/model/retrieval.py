@@ -18,7 +18,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from outfitter.data.types import CATEGORIES
@@ -88,12 +87,3 @@ def query_vectors(
     target_text = {k: v.to(device) for k, v in target_text.items()}
     category = torch.tensor(plan.category_input, dtype=torch.long, device=device)
     return model.query(context_vecs, mask, target_text or None, category), plan
-
-
-def search_mask(item_categories: np.ndarray, search: Sequence[int | None]) -> np.ndarray:
-    """(B, M) True where item m may be returned for target b under the plan's `search`."""
-    out = np.ones((len(search), len(item_categories)), bool)
-    for b, c in enumerate(search):
-        if c is not None:
-            out[b] = item_categories == c
-    return out
