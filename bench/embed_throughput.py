@@ -63,7 +63,7 @@ def stages(catalog, clip_cfg, *, n: int, batch_size: int, device: str) -> dict:
         for i in range(0, len(ids), batch_size):
             chunk = ids[i : i + batch_size]
             t0 = time.perf_counter()
-            pixels = torch.stack([towers.load_pixels(catalog.image_path(j)) for j in chunk])
+            pixels = towers.load_pixels([catalog.image_path(j) for j in chunk])
             t1 = time.perf_counter()
             towers.encode_pixels(pixels).cpu()
             sync()

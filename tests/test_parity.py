@@ -157,3 +157,21 @@ def test_one_item_one_outfit_same_vector_and_score_everywhere(
     (new_vector,) = backend.new_vectors[-1]
     np.testing.assert_allclose(new_vector, train_vecs[0], atol=ATOL)
     assert r.json()["score"] == pytest.approx(train_score, abs=ATOL)
+
+
+def test_a_batch_of_images_gets_the_pixels_of_each_image_alone(catalog):
+    """`Towers.pixel_batch` (catalog embedding, CLIP pre-training) gives exactly the tensors of
+    `Towers.pixels` one image at a time (a request's upload): sizes and modes mixed."""
+    from outfitter.data.images import load_image
+
+    towers = create_towers(load_config("hybrid-tiny").clip)
+    rng = np.random.default_rng(1)
+    images = [load_image(catalog.image_path(i)) for i in catalog.item_ids[:5]]
+    images += [
+        Image.fromarray(rng.integers(0, 256, (80, 101, 3), dtype=np.uint8)),
+        Image.fromarray(rng.integers(0, 256, (30, 200), dtype=np.uint8)),  # grey, wide
+        Image.fromarray(rng.integers(0, 256, (64, 64, 4), dtype=np.uint8), "RGBA"),
+    ]
+    batch = towers.pixel_batch(images)
+    assert batch.shape == (len(images), 3, towers.image_size, towers.image_size)
+    assert torch.equal(batch, torch.stack([towers.pixels(image) for image in images]))

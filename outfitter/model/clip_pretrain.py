@@ -58,7 +58,9 @@ MAX_HELDOUT = 2000  # held-out items recall is measured on (a seeded sample abov
 
 def _pixels(towers: Towers, catalog, ids: Sequence[str]) -> torch.Tensor:
     """Preprocessed images (N, 3, H, W), kept in float16 to halve the memory."""
-    return torch.stack([towers.load_pixels(catalog.image_path(i)).half() for i in ids])
+    paths = [catalog.image_path(i) for i in ids]
+    chunks = [towers.load_pixels(paths[i : i + 256]).half() for i in range(0, len(paths), 256)]
+    return torch.cat(chunks) if chunks else torch.zeros(0, 3, towers.image_size, towers.image_size)
 
 
 class _TrainPixels:

@@ -111,7 +111,7 @@ class InputBuilder:
             out["image_feat"] = torch.from_numpy(np.asarray(self.features.image[rows]))  # (U, Di)
         else:
             paths = [self.catalog.image_path(i) for i in ids]
-            out["pixels"] = torch.stack([self.towers.load_pixels(p) for p in paths])  # (U, 3, H, W)
+            out["pixels"] = self.towers.load_pixels(paths)  # (U, 3, H, W)
         if clip.freeze_text:
             out["text_feat"] = torch.from_numpy(np.asarray(self.features.text[rows]))  # (U, Dt)
         else:
