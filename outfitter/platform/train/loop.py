@@ -19,6 +19,32 @@ from torch.utils.data import DataLoader, DistributedSampler
 from outfitter.platform.train.settings import TrainSettings
 
 STATE_FILE = "training_state.pt"
+TRIM_EVERY = 50  # steps between returns of the heap's free memory to the OS
+
+
+def release_free_heap() -> None:
+    """Give the C heap's free memory back to the OS (glibc `malloc_trim`; a no-op elsewhere).
+
+    A CPU step allocates tensors of a new padded size every batch; glibc keeps what they free
+    in its heap, fragmented, so a worker grew ~1.1 GB over a 50k-outfit epoch (300 steps) and
+    held it. Trimmed every `TRIM_EVERY` steps it grew ~0.35 GB, at no measurable step time;
+    a lower mmap threshold (`MALLOC_MMAP_THRESHOLD_`) did as well on memory but cost 14 %.
+    """
+    global _LIBC
+    if _LIBC is None:
+        import ctypes
+        import ctypes.util
+
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            _LIBC = libc if hasattr(libc, "malloc_trim") else False
+        except OSError:
+            _LIBC = False
+    if _LIBC:
+        _LIBC.malloc_trim(0)
+
+
+_LIBC = None  # the C library once loaded, False where it has no malloc_trim
 
 
 def _lr_lambda(total_steps: int, warmup_frac: float):
@@ -182,7 +208,9 @@ class EpochRunner:
         sums: dict[str, float] = {}
         t0, samples = time.perf_counter(), 0
         iterators = {k: iter(v) for k, v in self.loaders.items()}
-        for _ in range(self.steps_per_epoch):
+        for step in range(self.steps_per_epoch):
+            if step % TRIM_EVERY == 0:
+                release_free_heap()
             batch = self._to_device(
                 self.builder({k: next(it) for k, it in iterators.items()}, train=True)
             )
@@ -226,6 +254,7 @@ class EpochRunner:
         metrics = evaluate_split(
             self.model, self.builder, self.valid_split, self.catalog, baselines=False
         )
+        release_free_heap()  # the catalog's vectors and score blocks
         return {f"valid_{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
 
     def update_early_stopping(self, metrics: dict) -> bool:
