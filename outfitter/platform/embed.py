@@ -76,7 +76,7 @@ class TowerEmbedder:
         texts = [str(t) for t in batch["text"]]
         image = self.towers.encode_images(paths, batch_size=len(paths))
         text = self.towers.encode_texts(texts, batch_size=len(texts))
-        return {"item_id": batch["item_id"], "image": list(image), "text_feat": list(text)}
+        return {"item_id": batch["item_id"], "image": image, "text_feat": text}  # (B, D) each
 
 
 def actor_pool_size(use_gpu: bool, n_blocks: int) -> int:
@@ -105,6 +105,7 @@ def embed_catalog(
     Returns:
         (features, folder they are saved in, whether the cache was reused).
     """
+    import pyarrow as pa
     import ray
 
     from outfitter.platform.local_ray import ensure_ray
@@ -117,13 +118,17 @@ def embed_catalog(
     ray.data.DataContext.get_current().print_on_execution_start = False
     use_gpu = bool(ray.cluster_resources().get("GPU", 0)) if use_gpu is None else use_gpu
     ids = catalog.item_ids
-    rows = [
-        {"item_id": i, "image_path": str(catalog.image_path(i)), "text": catalog.items[i].text}
-        for i in ids
-    ]
-    n_blocks = max(1, min(len(rows) // batch_size, 64))
+    columns = pa.table(
+        {
+            "item_id": ids,
+            "image_path": [str(catalog.image_path(i)) for i in ids],
+            "text": [catalog.items[i].text for i in ids],
+        }
+    )
+    n_blocks = max(1, min(len(ids) // batch_size, 64))
     actors = actors or actor_pool_size(use_gpu, n_blocks)
-    ds = ray.data.from_items(rows, override_num_blocks=n_blocks)
+    step = max(1, -(-len(ids) // n_blocks))  # rows a block (blocks of a table, not of dicts)
+    ds = ray.data.from_arrow([columns.slice(i, step) for i in range(0, len(ids), step)])
     embedded = ds.map_batches(
         TowerEmbedder,
         fn_constructor_kwargs={"clip_cfg": clip_cfg.__dict__, "use_gpu": use_gpu},
@@ -133,19 +138,20 @@ def embed_catalog(
         num_cpus=0 if use_gpu else 1,
         batch_format="numpy",
     )
-    by_id = {}
+    got_ids, images, texts = [], [], []
     for batch in embedded.iter_batches(batch_size=None, batch_format="numpy"):
-        for item_id, image, text in zip(
-            batch["item_id"], batch["image"], batch["text_feat"], strict=True
-        ):
-            by_id[str(item_id)] = (image, text)
-    missing = [i for i in ids if i not in by_id]
+        got_ids.extend(map(str, batch["item_id"]))
+        images.append(batch["image"])
+        texts.append(batch["text_feat"])
+    row = {item_id: r for r, item_id in enumerate(got_ids)}
+    missing = [i for i in ids if i not in row]
     if missing:
         raise RuntimeError(f"embedding lost {len(missing)} items, e.g. {missing[:5]}")
+    order = np.fromiter((row[i] for i in ids), dtype=np.int64, count=len(ids))
     table = FeatureTable(
         ids,
-        np.stack([by_id[i][0] for i in ids]).astype(np.float32),
-        np.stack([by_id[i][1] for i in ids]).astype(np.float32),
+        np.concatenate(images)[order].astype(np.float32, copy=False),
+        np.concatenate(texts)[order].astype(np.float32, copy=False),
     )
     table.meta.update({"clip": clip_cfg.__dict__, "catalog_stamp": key.split("-")[0], "key": key})
     tmp = out.with_name(out.name + ".tmp")
