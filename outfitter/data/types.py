@@ -34,7 +34,7 @@ def item_text(title: str, description: str = "") -> str:
     return f"{title}. {description}".strip() if description else title
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: 200k of them per process (~60 MB less)
 class Item:
     """One catalog item."""
 

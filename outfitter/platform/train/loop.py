@@ -73,7 +73,10 @@ class EpochRunner:
         world: int,
         device: torch.device,
         data_format: str | None = None,
+        catalog=None,
     ):
+        """`catalog`: the dataset's, already parsed (the driver's, via the object store), or
+        None to parse it here."""
         from outfitter.data import load_catalog, load_split
         from outfitter.model.factory import build_model
         from outfitter.model.inputs import InputBuilder
@@ -91,7 +94,8 @@ class EpochRunner:
         self.cfg, self.settings, self.rank, self.world = model_cfg, settings, rank, world
         self.device, self.mlflow_info = device, mlflow_info
         torch.manual_seed(settings.seed)
-        self.catalog = load_catalog(data_dir, data_format)  # either format (`data.formats`)
+        # either format (`data.formats`)
+        self.catalog = catalog if catalog is not None else load_catalog(data_dir, data_format)
         self.train_split, self.valid_split = (
             load_split(data_dir, settings.version, name, self.catalog, data_format)
             for name in ("train", "valid")
@@ -132,6 +136,7 @@ class EpochRunner:
         features = (
             ray.get(config["features_ref"]) if config.get("features_ref") is not None else None
         )
+        catalog = ray.get(config["catalog_ref"]) if config.get("catalog_ref") is not None else None
         return cls(
             ModelConfig.from_dict(config["model_config"]),
             TrainSettings.from_dict(config["settings"]),
@@ -142,6 +147,7 @@ class EpochRunner:
             world,
             resolve_device(ray.train.torch.get_device()),  # the GPU Ray gave this worker
             config.get("data_format"),
+            catalog=catalog,
         )
 
     def _wrap(self, task):

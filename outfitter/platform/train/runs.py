@@ -93,33 +93,48 @@ def prepare_inputs(
     """Check the dataset, embed it if the model reads cached features, and return the loop inputs.
 
     Returns a dict with `data_dir` (absolute), `data_format` (polyvore or amazon: detected, or
-    `data_format` when given) and `features` (a FeatureTable or None).
+    `data_format` when given), `catalog` (parsed once here: the workers and the evaluation after
+    training read this one) and `features` (a FeatureTable or None).
     """
     from outfitter.data import check_dataset, detect_format, load_catalog
 
     data_dir = Path(data_dir).resolve()
     fmt = detect_format(data_dir, data_format)  # one line for a folder of neither format
     check_dataset(data_dir)  # raises DatasetError with the report: never train on a broken dataset
+    catalog = load_catalog(data_dir, fmt)
     features = None
     if model_cfg.input_kind == "features":
         from outfitter.platform.embed import embed_catalog
 
-        catalog = load_catalog(data_dir, fmt)
         features, _, _ = embed_catalog(catalog, model_cfg.clip, cache_dir=cache_dir)
-    return {"data_dir": str(data_dir), "data_format": fmt, "features": features}
+    return {"data_dir": str(data_dir), "data_format": fmt, "catalog": catalog, "features": features}
 
 
-def loop_config(model_cfg, settings: TrainSettings, inputs: dict, mlflow_info: dict | None) -> dict:
-    """The plain-value config of `train_loop_per_worker` (features travel via the object store)."""
+def shared_inputs(inputs: dict) -> dict:
+    """The catalog and features of `prepare_inputs` in Ray's object store, as the workers' loop
+    config names them (`catalog_ref`, `features_ref`): put once, read by every worker and trial.
+
+    A worker unpickles the catalog instead of parsing the metadata JSON: at 200k items 1 s
+    instead of 5.5, and ~100 MB instead of ~240 (what json.load leaves of its heap).
+    """
     import ray
 
     features = inputs["features"]
+    return {
+        "catalog_ref": ray.put(inputs["catalog"]),
+        "features_ref": None if features is None else ray.put(features),
+    }
+
+
+def loop_config(model_cfg, settings: TrainSettings, inputs: dict, mlflow_info: dict | None) -> dict:
+    """The plain-value config of `train_loop_per_worker` (catalog and features travel via the
+    object store)."""
     return {
         "model_config": model_cfg.to_dict(),
         "settings": settings.to_dict(),
         "data_dir": inputs["data_dir"],
         "data_format": inputs.get("data_format"),
-        "features_ref": None if features is None else ray.put(features),
+        **shared_inputs(inputs),
         "mlflow": mlflow_info,
     }
 
@@ -192,8 +207,9 @@ def train_and_register(
         # Opened once: evaluation, plots and the promotion's index read one model and one set
         # of catalog vectors (cached for `outfitter evaluate`/`index build` of this version).
         opened = open_checkpoint(
-            best, inputs["data_dir"], data_format=inputs.get("data_format"),
-            features=inputs["features"], cache_dir=cache_dir,
+            best, inputs["data_dir"], catalog=inputs["catalog"],
+            data_format=inputs.get("data_format"), features=inputs["features"],
+            cache_dir=cache_dir,
         )  # fmt: skip
         valid, test = _final_evaluation(opened, settings.version)
         mlflow.log_metrics({f"best_valid_{k}": v for k, v in valid.items() if _is_num(v)})

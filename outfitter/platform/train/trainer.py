@@ -25,8 +25,9 @@ def train_loop_per_worker(config: dict) -> None:
     """The training loop every Ray Train worker runs (and every Tune trial, unchanged).
 
     `config` holds plain values only (it crosses processes): `model_config` (resolved dict),
-    `settings` (TrainSettings as dict), `data_dir`, `features_ref` (Ray object ref of the cached
-    tower features, or None in end-to-end mode), `mlflow` ({tracking_uri, run_id} or None).
+    `settings` (TrainSettings as dict), `data_dir`, `catalog_ref` (Ray object ref of the parsed
+    catalog, or None to parse it), `features_ref` (of the cached tower features, or None in
+    end-to-end mode), `mlflow` ({tracking_uri, run_id} or None).
     """
     import ray
     import ray.train

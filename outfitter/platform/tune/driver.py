@@ -30,13 +30,17 @@ def run_search(
     e.g. `clip.pretrained`); the search space's `model.*` samples are applied over them.
     """
     import mlflow
-    import ray
     from ray import tune
 
     from outfitter.model import load_config
     from outfitter.platform import registry
     from outfitter.platform.local_ray import ensure_ray
-    from outfitter.platform.train.runs import EXPERIMENT, find_or_start_run, prepare_inputs
+    from outfitter.platform.train.runs import (
+        EXPERIMENT,
+        find_or_start_run,
+        prepare_inputs,
+        shared_inputs,
+    )
     from outfitter.platform.train.settings import TrainSettings
     from outfitter.platform.train.trainer import checked_storage_path
     from outfitter.platform.tune.search import run_trial
@@ -67,7 +71,7 @@ def run_search(
     base_settings = base_settings.with_overrides(
         storage_path=str(Path(storage_path) / f"{search.name}-trials")
     )
-    features_ref = None if inputs["features"] is None else ray.put(inputs["features"])
+    refs = shared_inputs(inputs)
     with find_or_start_run(f"tune-{search.name}", experiment_id) as parent:
         mlflow.log_dict(search.model_dump(by_alias=True), "config/search.json")
         base = {
@@ -78,7 +82,7 @@ def run_search(
             "loop": {
                 "data_dir": inputs["data_dir"],
                 "data_format": inputs["data_format"],
-                "features_ref": features_ref,
+                **refs,
             },
         }
         trainable = tune.with_parameters(
