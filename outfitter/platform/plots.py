@@ -125,6 +125,7 @@ def training_plots(history, opened, version: str, out: Path) -> list[Path]:
     import torch
 
     from outfitter.data import load_split
+    from outfitter.model.evaluate import outfit_logits
 
     out.mkdir(parents=True, exist_ok=True)
     paths = [training_curves(history, out)] if history else []
@@ -134,24 +135,21 @@ def training_plots(history, opened, version: str, out: Path) -> list[Path]:
     with torch.no_grad():
         vecs = opened.item_vectors_tensor()  # (M, D)
         if split.compatibility:
-            scores = [
-                _score(model, vecs, [row[i] for i in q.item_ids]) for q in split.compatibility
-            ]
+            outfits = [[row[i] for i in q.item_ids] for q in split.compatibility]
+            scores = outfit_logits(model, vecs, outfits, batch_size=256).tolist()
             labels = [q.label for q in split.compatibility]
             if len(set(labels)) == 2:
                 paths.append(roc_curve_plot(labels, scores, out))
         if split.fitb:
             chosen = split.fitb[:6]
             scores = [
-                [_score(model, vecs, [row[i] for i in q.question] + [row[a]]) for a in q.answers]
+                outfit_logits(
+                    model,
+                    vecs,
+                    [[row[i] for i in q.question] + [row[a]] for a in q.answers],
+                    batch_size=len(q.answers),
+                ).tolist()
                 for q in chosen
             ]
             paths.append(fitb_grid(catalog, chosen, scores, out))
     return paths
-
-
-def _score(model, vecs, rows: list[int]) -> float:
-    """Compatibility logit of one outfit given the catalog's item vectors."""
-    from outfitter.model.evaluate import outfit_logits
-
-    return float(outfit_logits(model, vecs, [rows], batch_size=1)[0])
