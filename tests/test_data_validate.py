@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from outfitter.cli import app
-from outfitter.data import DatasetError, check_dataset, validate_dataset
+from outfitter.data import DatasetError, check_dataset, load_catalog, validate_dataset
 
 
 @pytest.fixture
@@ -33,6 +33,8 @@ def test_fixture_is_usable(polyvore_mini):
     assert report.ok and report.counts["items"] == 72
     assert report.counts["nondisjoint/test fitb"] == 6
     assert "disjoint_overlap" in report.warnings  # the fixture's disjoint split shares items
+    # the items it parsed are the loader's: a training run reads the metadata once
+    assert report.catalog().items == load_catalog(polyvore_mini).items
 
 
 def _problems(root: Path, **kw) -> dict:
@@ -114,6 +116,7 @@ def test_unknown_category_and_bad_fitb(mini):
     _edit_json(mini / "nondisjoint" / "fill_in_blank_valid.json", no_right_answer)
     errors = _problems(mini)
     assert "'gloves'" in errors["unknown_category"].examples[0]
+    assert validate_dataset(mini).catalog() is None  # the loader refuses this metadata
     assert errors["fitb_answer"].count == 1
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from outfitter.data import polyvore
 from outfitter.data.errors import DatasetError
 from outfitter.data.images import confined, verify_image
+from outfitter.data.types import Catalog
 
 # kind -> (severity, what it means); every kind a parser or check reports is listed here.
 PROBLEMS: dict[str, tuple[str, str]] = {
@@ -56,6 +57,16 @@ class ValidationReport:
     root: Path
     counts: dict[str, int] = field(default_factory=dict)
     problems: dict[str, ProblemSummary] = field(default_factory=dict)
+    # the Polyvore items, when their metadata parsed without a problem (as the loader parses it)
+    items: dict | None = field(default=None, repr=False)
+
+    def catalog(self) -> Catalog | None:
+        """The catalog this check parsed, when its metadata had no problem (the loader would
+        parse the very same items: a training run need not read the metadata twice); else None.
+        """
+        if not self.items:
+            return None
+        return Catalog(root=self.root, items=self.items, image_dir=self.root / polyvore.IMAGE_DIR)
 
     def add(self, kind: str, where: str, message: str) -> None:
         if kind not in PROBLEMS:
@@ -141,13 +152,21 @@ def _check_items(root: Path, report: ValidationReport) -> dict:
         report.add("duplicate_id", str(path), f"item id {item_id} appears more than once")
     if raw is UNREADABLE:
         return {}
+    problems = len(duplicates)
     try:
         fine = polyvore.read_fine_categories(root)
     except DatasetError as e:
         report.add("malformed_line", polyvore.CATEGORIES_FILE, str(e))
-        fine = {}
-    items = polyvore.parse_items(raw, str(path), fine, report.add)
+        fine, problems = {}, problems + 1
+
+    def note(kind: str, where: str, message: str) -> None:
+        nonlocal problems
+        problems += 1
+        report.add(kind, where, message)
+
+    items = polyvore.parse_items(raw, str(path), fine, note)
     report.counts["items"] = len(items)
+    report.items = items if not problems else None  # what `polyvore.load_catalog` returns
     return items
 
 

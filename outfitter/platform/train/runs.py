@@ -100,8 +100,9 @@ def prepare_inputs(
 
     data_dir = Path(data_dir).resolve()
     fmt = detect_format(data_dir, data_format)  # one line for a folder of neither format
-    check_dataset(data_dir)  # raises DatasetError with the report: never train on a broken dataset
-    catalog = load_catalog(data_dir, fmt)
+    # raises DatasetError with the report: never train on a broken dataset
+    report = check_dataset(data_dir)
+    catalog = report.catalog() or load_catalog(data_dir, fmt)
     features = None
     if model_cfg.input_kind == "features":
         from outfitter.platform.embed import embed_catalog
