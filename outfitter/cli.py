@@ -549,6 +549,7 @@ def serve(
     typer.echo(f"serving {', '.join(names)} at {launch.url_of(prepared)} (OpenAPI at /docs)")
     if not blocking:
         return
+    _stop_on_signals()
     try:
         while True:
             time.sleep(3600)
@@ -557,6 +558,20 @@ def serve(
 
         typer.echo("shutting down Serve")
         ray_serve.shutdown()
+
+
+def _stop_on_signals() -> None:
+    """Ctrl-C and SIGTERM (a service manager's stop) both shut Serve down gracefully: SIGTERM
+    otherwise ended the process without it, and a command started in the background (which
+    inherits SIGINT ignored) could not be stopped with SIGINT at all; a SIGKILL after that left
+    Ray's HAProxy running, holding its ports, and the next `outfitter serve` failed to start."""
+    import signal
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, stop)
 
 
 @app.command("demo")

@@ -144,3 +144,24 @@ def test_haproxy_ingress_is_on_where_serve_starts(monkeypatch):
             env = {e["name"]: e["value"] for e in container["env"]}
             for key, value in launch.SERVE_ENV.items():  # the same settings as a local start
                 assert env.get(key) == value, (container["name"], key)
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
+def test_serve_stops_gracefully_on_sigterm_and_on_an_inherited_ignored_sigint(signame):
+    """`outfitter serve` turns SIGTERM, and SIGINT even when started in the background (which
+    inherits SIGINT ignored), into its Ctrl-C shutdown of Serve."""
+    import os
+    import signal
+
+    from outfitter.cli import _stop_on_signals
+
+    sig = getattr(signal, signame)
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # as a background job inherits it
+        _stop_on_signals()
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), sig)  # the handler runs as soon as the call returns
+    finally:
+        for s, handler in saved.items():
+            signal.signal(s, handler)
