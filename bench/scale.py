@@ -115,7 +115,11 @@ def serve_stage(work: Path, data: Path, env: dict, log: Path) -> dict:
                     (tree_pss_gib(p) for p in _replica_pids(proc.pid)), default=float("nan")
                 )
         finally:
-            os.killpg(proc.pid, signal.SIGINT)  # as Ctrl-C: Serve and its Ray shut down
+            # SIGINT to `outfitter serve` alone: it shuts Serve and its Ray down. (To the whole
+            # process group, Ray's raylet and GCS got it too and sometimes exited first; the
+            # shutdown then waited on them until the SIGKILL below, 2 of 5 runs here.)
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
             try:
                 proc.wait(timeout=120)
             except subprocess.TimeoutExpired:
