@@ -117,7 +117,7 @@ def serve_stage(work: Path, data: Path, env: dict, log: Path) -> dict:
         finally:
             # SIGINT to `outfitter serve` alone: it shuts Serve and its Ray down. (To the whole
             # process group, Ray's raylet and GCS got it too and sometimes exited first; the
-            # shutdown then waited on them until the SIGKILL below, 2 of 5 runs here.)
+            # shutdown then waited on them until the SIGKILL below: 3 of 10 runs here.)
             if proc.poll() is None:
                 proc.send_signal(signal.SIGINT)
             try:
