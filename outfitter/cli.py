@@ -563,8 +563,8 @@ def serve(
 def _stop_on_signals() -> None:
     """Ctrl-C and SIGTERM (a service manager's stop) both shut Serve down gracefully: SIGTERM
     otherwise ended the process without it, and a command started in the background (which
-    inherits SIGINT ignored) could not be stopped with SIGINT at all; a SIGKILL after that left
-    Ray's HAProxy running, holding its ports, and the next `outfitter serve` failed to start."""
+    inherits SIGINT ignored) could not be stopped with SIGINT at all. The fallback, SIGKILL,
+    leaves Ray's HAProxy running and holding its ports, so the next `outfitter serve` fails."""
     import signal
 
     def stop(signum, frame):

@@ -9,6 +9,7 @@ command continues where the last checkpoint left off.
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 
@@ -30,21 +31,22 @@ def release_free_heap() -> None:
     held it. Trimmed every `TRIM_EVERY` steps it grew ~0.35 GB, at no measurable step time;
     a lower mmap threshold (`MALLOC_MMAP_THRESHOLD_`) did as well on memory but cost 14 %.
     """
-    global _LIBC
-    if _LIBC is None:
-        import ctypes
-        import ctypes.util
-
-        try:
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-            _LIBC = libc if hasattr(libc, "malloc_trim") else False
-        except OSError:
-            _LIBC = False
-    if _LIBC:
-        _LIBC.malloc_trim(0)
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
-_LIBC = None  # the C library once loaded, False where it has no malloc_trim
+@functools.cache
+def _malloc_trim():
+    """glibc's `malloc_trim`, loaded once; None where the C library has none."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+    return getattr(libc, "malloc_trim", None)
 
 
 def _lr_lambda(total_steps: int, warmup_frac: float):
