@@ -77,6 +77,7 @@ class Towers:
         image steps (resize, crop, mode) run per image, its ToTensor and Normalize once on the
         stacked batch (per image they were a third of embedding a catalog)."""
         from torchvision.transforms import Normalize, ToTensor
+        from torchvision.transforms import functional as F
 
         from outfitter.model.preprocess import rgb
 
@@ -94,8 +95,11 @@ class Towers:
             for step in image_steps:
                 image = step(image)
             arrays.append(np.asarray(rgb(image)))  # (H, W, 3) uint8
-        batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
-        return normalize(batch.to(torch.get_default_dtype()).div(255))  # ToTensor, Normalize
+        batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+        # ToTensor, then Normalize: the same operations in the same order, in place on one
+        # float copy (a copy per step was a third of this function)
+        pixels = batch.to(torch.get_default_dtype(), memory_format=torch.contiguous_format)
+        return F.normalize(pixels.div_(255), normalize.mean, normalize.std, inplace=True)
 
     def load_pixels(self, paths: Sequence[str | Path]) -> torch.Tensor:
         """`pixel_batch` of image files (N, 3, H, W)."""
