@@ -143,3 +143,22 @@ def test_cli_exit_codes(mini, polyvore_mini):
     (mini / "nondisjoint" / "test.json").write_text("[{")
     bad = runner.invoke(app, ["data", "validate", str(mini), "--full"])
     assert bad.exit_code == 1 and "UNUSABLE" in bad.output and "unreadable_file" in bad.output
+
+
+def test_a_check_of_one_version_reads_only_that_version(mini):
+    """A training run checks the version it trains on: a broken file of the other version does
+    not stop it, a broken file of its own does, and an absent version is an error, not a
+    warning."""
+    (mini / "disjoint" / "train.json").write_text("{not json")
+    assert not validate_dataset(mini, sample=0).ok
+    report = check_dataset(mini, sample=0, versions=["nondisjoint"])
+    assert "nondisjoint/train outfits" in report.counts
+    assert not any(key.startswith("disjoint/") for key in report.counts)
+    assert "disjoint_overlap" not in report.warnings  # a check of the disjoint version only
+    with pytest.raises(DatasetError):
+        check_dataset(mini, sample=0, versions=["disjoint"])
+    shutil.rmtree(mini / "disjoint")
+    errors = _problems(mini, sample=0, versions=["disjoint"])
+    assert "disjoint/ does not exist" in errors["missing_file"].examples[0]
+    with pytest.raises(ValueError, match="versions must be among"):
+        validate_dataset(mini, versions=["nondisjoint", "v2"])

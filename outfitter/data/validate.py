@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -252,6 +252,7 @@ def validate_dataset(
     full: bool = False,
     sample: int = DEFAULT_DECODE_SAMPLE,
     progress: Callable[[str, int], Callable[[int], None]] | None = None,
+    versions: Sequence[str] | None = None,
 ) -> ValidationReport:
     """Check a Polyvore-layout folder.
 
@@ -260,6 +261,8 @@ def validate_dataset(
             existence and a random `sample` of them is decoded.
         progress: `progress(description, total)` returns an `advance(n)` callback (the CLI's
             rich progress bar); None for silence.
+        versions: the Polyvore versions to check (a training run: the one it trains on);
+            None: both. The metadata and the images are checked either way.
     """
     root = Path(root)
     report = ValidationReport(root)
@@ -268,9 +271,12 @@ def validate_dataset(
         return report
     if not (root / polyvore.METADATA_FILE).exists() and _amazon_file(root):
         return _validate_amazon(root, report, full, sample, progress)
+    unknown = sorted(set(versions or ()) - set(polyvore.VERSIONS))
+    if unknown:
+        raise ValueError(f"versions must be among {polyvore.VERSIONS}, got {unknown}")
     items = _check_items(root, report)
     split_items: dict[str, dict[str, set]] = {}
-    for version in polyvore.VERSIONS:
+    for version in versions or polyvore.VERSIONS:
         if not (root / version).is_dir():
             report.add(
                 "missing_version", str(root / version), "folder absent; that version cannot be used"
@@ -278,7 +284,11 @@ def validate_dataset(
             continue
         split_items[version] = _check_version(root, version, items, report)
     if not split_items:
-        report.add("missing_file", str(root), f"neither {' nor '.join(polyvore.VERSIONS)}/ exists")
+        checked = tuple(versions or polyvore.VERSIONS)
+        if len(checked) > 1:
+            report.add("missing_file", str(root), f"neither {' nor '.join(checked)}/ exists")
+        else:
+            report.add("missing_file", str(root), f"{checked[0]}/ does not exist")
     if "disjoint" in split_items:
         shared = split_items["disjoint"]["train"] & split_items["disjoint"]["test"]
         if shared:
