@@ -248,3 +248,39 @@ def test_release_free_heap_gives_freed_memory_back():
     assert held - before > 200  # freed, still held
     assert rss_mib() - before < 50, f"{rss_mib() - before:.0f} MiB still held after the trim"
     assert last.sum() == len(last)
+
+
+def test_rank_zero_validates_on_its_nodes_idle_cpus_then_trains_on_its_own(synth_dir, monkeypatch):
+    """While rank 0 validates, the node's other workers wait at the report: validation takes
+    their CPUs (`_node_cpus`) and the worker's own thread count comes back for training."""
+    from types import SimpleNamespace
+
+    import outfitter.model.evaluate_pairs as evaluate_pairs
+    from outfitter.platform.train.loop import EpochRunner
+    from outfitter.platform.train.settings import TrainSettings
+    from outfitter.platform.train.trainer import _node_cpus
+
+    cfg = load_config("hybrid-tiny")
+    settings = TrainSettings(epochs=1, batch_size=8, max_steps_per_epoch=1).resolve(cfg)
+    runner = EpochRunner(cfg, settings, synth_dir, None, None, 0, 1, torch.device("cpu"))
+    seen = []
+    evaluate_split = evaluate_pairs.evaluate_split
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return evaluate_split(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate_pairs, "evaluate_split", spy)
+    own = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        metrics = runner.validate(threads=3)
+        assert torch.get_num_threads() == 1 and "valid_compatibility_auc" in metrics
+        runner.validate()
+        assert seen == [3, 1]
+    finally:
+        torch.set_num_threads(own)
+    on_node = SimpleNamespace(get_local_world_size=lambda: 4)
+    assert _node_cpus(on_node, settings.with_overrides(cpus_per_worker=2)) == 8
+    assert _node_cpus(on_node, settings.with_overrides(cpus_per_worker=0.5)) == 2
+    assert _node_cpus(SimpleNamespace(get_local_world_size=lambda: 1), settings) == 1

@@ -251,17 +251,26 @@ class EpochRunner:
         self.builder.rng = np.random.default_rng(seeds)
 
     @torch.no_grad()
-    def validate(self) -> dict:
+    def validate(self, threads: int | None = None) -> dict:
         """Validation metrics of the current weights (rank 0), prefixed `valid_`: outfit metrics,
-        or pair metrics on a pair split (Amazon co-purchase)."""
+        or pair metrics on a pair split (Amazon co-purchase).
+
+        `threads`: torch threads to validate with (the CPUs of this node's workers, which wait
+        for rank 0 meanwhile); this worker's own count is restored after.
+        """
         from outfitter.model.evaluate_pairs import evaluate_split
 
         self.task.eval()
-        # The keyword baselines do not change with the weights: the evaluation after training
-        # reports them once.
-        metrics = evaluate_split(
-            self.model, self.builder, self.valid_split, self.catalog, baselines=False
-        )
+        own = torch.get_num_threads()
+        torch.set_num_threads(max(own, threads or own))
+        try:
+            # The keyword baselines do not change with the weights: the evaluation after
+            # training reports them once.
+            metrics = evaluate_split(
+                self.model, self.builder, self.valid_split, self.catalog, baselines=False
+            )
+        finally:
+            torch.set_num_threads(own)
         release_free_heap()  # the catalog's vectors and score blocks
         return {f"valid_{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
 

@@ -61,12 +61,17 @@ def train_loop_per_worker(config: dict) -> None:
             "placement_group": placement_group,
             **precision,
         }
-        if rank == 0:
-            metrics.update(runner.validate())
+        if rank == 0:  # the node's other workers wait at the report: their CPUs validate too
+            metrics.update(runner.validate(threads=_node_cpus(ctx, runner.settings)))
         stop = runner.update_early_stopping(metrics)
         _report(runner, epoch, metrics, rank)
         if stop:
             break
+
+
+def _node_cpus(ctx, settings: TrainSettings) -> int:
+    """CPUs the run's workers hold on this worker's node (each worker's torch uses its own)."""
+    return max(1, int(ctx.get_local_world_size() * settings.cpus_per_worker))
 
 
 def _report(runner, epoch: int, metrics: dict, rank: int) -> None:
