@@ -55,14 +55,19 @@ def encode_catalog(
     """
     model.eval()
     device = next(model.parameters()).device
-    chunks = []
+    if not len(ids):
+        raise ValueError("no items to encode")
+    out = None  # (M, D), filled batch by batch: no list of batches to concatenate (a 2nd copy)
     for i in range(0, len(ids), batch_size):
         chunk = list(ids[i : i + batch_size])
         inputs = {k: v.to(device) for k, v in builder.item_inputs(chunk).items()}
-        chunks.append(model.encode_items(inputs).float())  # (b, D)
+        vecs = model.encode_items(inputs).float()  # (b, D)
+        if out is None:
+            out = torch.empty((len(ids), vecs.shape[1]), dtype=torch.float32, device=vecs.device)
+        out[i : i + len(chunk)] = vecs
         if progress is not None:
             progress(len(chunk))
-    return torch.cat(chunks)
+    return out
 
 
 def vectors_or_encode(model, builder, ids: Sequence[str], vecs) -> torch.Tensor:
