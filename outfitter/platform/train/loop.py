@@ -135,10 +135,10 @@ class EpochRunner:
         from outfitter.model.config import ModelConfig
         from outfitter.model.device import resolve_device
 
-        features = (
-            ray.get(config["features_ref"]) if config.get("features_ref") is not None else None
-        )
-        catalog = ray.get(config["catalog_ref"]) if config.get("catalog_ref") is not None else None
+        def shared(key: str):  # what the driver put in the object store (`runs.shared_inputs`)
+            return None if config.get(key) is None else ray.get(config[key])
+
+        features, catalog = shared("features_ref"), shared("catalog_ref")
         return cls(
             ModelConfig.from_dict(config["model_config"]),
             TrainSettings.from_dict(config["settings"]),
