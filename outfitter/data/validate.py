@@ -271,12 +271,13 @@ def validate_dataset(
         return report
     if not (root / polyvore.METADATA_FILE).exists() and _amazon_file(root):
         return _validate_amazon(root, report, full, sample, progress)
-    unknown = sorted(set(versions or ()) - set(polyvore.VERSIONS))
+    checked = tuple(versions or polyvore.VERSIONS)
+    unknown = sorted(set(checked) - set(polyvore.VERSIONS))
     if unknown:
         raise ValueError(f"versions must be among {polyvore.VERSIONS}, got {unknown}")
     items = _check_items(root, report)
     split_items: dict[str, dict[str, set]] = {}
-    for version in versions or polyvore.VERSIONS:
+    for version in checked:
         if not (root / version).is_dir():
             report.add(
                 "missing_version", str(root / version), "folder absent; that version cannot be used"
@@ -284,7 +285,6 @@ def validate_dataset(
             continue
         split_items[version] = _check_version(root, version, items, report)
     if not split_items:
-        checked = tuple(versions or polyvore.VERSIONS)
         if len(checked) > 1:
             report.add("missing_file", str(root), f"neither {' nor '.join(checked)}/ exists")
         else:

@@ -61,7 +61,7 @@ def train_loop_per_worker(config: dict) -> None:
             "placement_group": placement_group,
             **precision,
         }
-        if rank == 0:  # the node's other workers wait at the report: their CPUs validate too
+        if rank == 0:  # the node's other workers wait for rank 0: their CPUs validate too
             metrics.update(runner.validate(threads=_node_cpus(ctx, runner.settings)))
         stop = runner.update_early_stopping(metrics)
         _report(runner, epoch, metrics, rank)
