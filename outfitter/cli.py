@@ -167,7 +167,7 @@ def _check_towers(model_config: str, overrides: dict, data: Path, allow: bool) -
     """Refuse (or, with `--allow-random-towers`, warn about) frozen towers never trained:
     `outfitter train` and `outfitter tune` both call it before Ray or MLflow start."""
     from outfitter.model import load_config
-    from outfitter.model.towers import untrained_frozen_towers
+    from outfitter.model.config import untrained_frozen_towers
 
     cfg = load_config(model_config, overrides=overrides or None)
     untrained = untrained_frozen_towers(cfg)

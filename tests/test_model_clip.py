@@ -12,8 +12,9 @@ from outfitter.data import load_catalog
 from outfitter.model import load_config
 from outfitter.model.checkpoint import load_checkpoint, save_checkpoint
 from outfitter.model.clip_pretrain import pretrain
+from outfitter.model.config import untrained_frozen_towers
 from outfitter.model.factory import build_model
-from outfitter.model.towers import create_towers, untrained_frozen_towers
+from outfitter.model.towers import create_towers
 from outfitter.model.words import word_ids
 
 

@@ -300,6 +300,28 @@ class ModelConfig(FrozenConfig):
         return "raw"
 
 
+def untrained_frozen_towers(cfg) -> list[str]:
+    """The CLIP towers (`"image"`, `"text"`) a model config reads but would never train: frozen,
+    and with no weights to load (`clip.pretrained` unset, an architecture open_clip does not
+    fetch weights for), so they stay at their random initialisation and hand the model noise.
+
+    `cfg`: a `ModelConfig`; empty for the Sun et al. baseline (no CLIP towers). Reads the
+    config only: the training CLI checks it without importing torch.
+    """
+    clip = cfg.clip
+    if cfg.kind != "hybrid" or clip.pretrained or clip.arch.startswith(("hf-hub:", "local-dir:")):
+        return []
+    reads_text = "text" in cfg.item.modalities or cfg.target.use_text
+    return [
+        name
+        for name, frozen, read in (
+            ("image", clip.freeze_image, "image" in cfg.item.modalities),
+            ("text", clip.freeze_text, reads_text),
+        )
+        if frozen and read
+    ]
+
+
 def _set_dotted(data: dict[str, Any], key: str, value: Any, *, create: bool) -> None:
     """Set a dotted key in plain config data. `create`: raw YAML, where sections may be absent
     (an unknown name is then refused by validation, with the section's fields)."""

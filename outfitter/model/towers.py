@@ -197,27 +197,6 @@ def create_towers(cfg: ClipCfg, *, load_pretrained: bool = True, device="cpu") -
     return towers
 
 
-def untrained_frozen_towers(cfg) -> list[str]:
-    """The CLIP towers (`"image"`, `"text"`) a model config reads but would never train: frozen,
-    and with no weights to load (`clip.pretrained` unset, an architecture open_clip does not
-    fetch weights for), so they stay at their random initialisation and hand the model noise.
-
-    `cfg`: a `ModelConfig`; empty for the Sun et al. baseline (no CLIP towers).
-    """
-    clip = cfg.clip
-    if cfg.kind != "hybrid" or clip.pretrained or clip.arch.startswith(("hf-hub:", "local-dir:")):
-        return []
-    reads_text = "text" in cfg.item.modalities or cfg.target.use_text
-    return [
-        name
-        for name, frozen, read in (
-            ("image", clip.freeze_image, "image" in cfg.item.modalities),
-            ("text", clip.freeze_text, reads_text),
-        )
-        if frozen and read
-    ]
-
-
 def set_trainable(towers: Towers, cfg: ClipCfg) -> None:
     """Freeze or unfreeze each tower as the config says."""
     model = towers.model
