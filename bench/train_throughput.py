@@ -3,7 +3,7 @@
 Two modes of the hybrid-tiny model, on one synthetic catalog:
 
 - `cached`: the configured hybrid-tiny (frozen towers): a step reads item features that Ray Data
-  embedded once (`train.runs.prepare_inputs`);
+  embedded once (`train.runs.shared_inputs`);
 - `end-to-end`: the towers fine-tuned (`clip.freeze_image=false clip.freeze_text=false`): a step
   decodes JPEGs, tokenises titles and runs both CLIP towers forward and backward.
 
@@ -176,19 +176,19 @@ def ray_run(
 
 
 def run_mode(mode: str, args, data: Path, device: str, workdir: Path) -> list[dict]:
-    from outfitter.platform.train.runs import prepare_inputs
+    from outfitter.platform.train.runs import shared_inputs, shared_values
 
     cfg = model_config(mode, args.model)
     e2e = mode == "end-to-end"
     epochs = args.e2e_epochs if e2e else args.epochs
     max_steps = args.e2e_max_steps if e2e else args.max_steps
-    inputs, prep_s = common.timed(prepare_inputs, cfg, data, cache_dir=workdir / "cache")
+    inputs, prep_s = common.timed(shared_inputs, cfg, data, cache_dir=workdir / "cache")
     print(f"[{mode}] inputs ready in {prep_s:.1f}s", flush=True)
     bare = functools.partial(
         bare_loop,
         cfg,
         data,
-        inputs["features"],
+        shared_values(inputs)[1],
         epochs=epochs,
         batch_size=args.batch_size,
         max_steps=max_steps,

@@ -311,3 +311,41 @@ def test_torch_backend_is_rays_torch_config():
     assert ours.share_cuda_visible_devices == _TorchBackend.share_cuda_visible_devices
     with TorchBackend().train_func_context():  # a CPU worker: no device to set, nothing raised
         pass
+
+
+def test_a_run_on_a_broken_dataset_stops_with_the_checks_report(ray_session, synth_dir, tmp_path):
+    """The dataset check runs in a Ray task (the driver never parses the catalog): its
+    DatasetError reaches the caller as itself, the report a user reads, not Ray's wrapper."""
+    import shutil
+
+    from outfitter.data import DatasetError
+    from outfitter.model import load_config
+    from outfitter.platform.train.runs import shared_inputs
+
+    broken = tmp_path / "broken"
+    shutil.copytree(synth_dir, broken)
+    missing = sorted((broken / "images").iterdir())[0]
+    missing.unlink()
+    with pytest.raises(DatasetError) as err:
+        shared_inputs(load_config("hybrid-tiny"), broken, version="nondisjoint")
+    assert type(err.value) is DatasetError
+    assert missing.stem in str(err.value) and "ray::" not in str(err.value)
+
+
+def test_shared_inputs_hold_the_checked_catalog_and_its_cached_features(ray_session, synth_dir):
+    from outfitter.data import load_catalog
+    from outfitter.model import load_config
+    from outfitter.platform.embed import embed_catalog
+    from outfitter.platform.train.runs import shared_inputs, shared_values
+
+    cfg = load_config("hybrid-tiny")
+    inputs = shared_inputs(cfg, synth_dir, version="nondisjoint")
+    assert inputs["data_dir"] == str(synth_dir.resolve()) and inputs["data_format"] == "polyvore"
+    catalog, features = shared_values(inputs)
+    expected = load_catalog(synth_dir)
+    assert catalog.item_ids == expected.item_ids
+    assert catalog.items[expected.item_ids[0]] == expected.items[expected.item_ids[0]]
+    cached, _, reused = embed_catalog(expected, cfg.clip)
+    assert reused  # the run embedded (or found) exactly the cache entry of this catalog and towers
+    assert features.ids == cached.ids
+    assert (features.image == cached.image).all() and (features.text == cached.text).all()

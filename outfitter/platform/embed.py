@@ -55,6 +55,17 @@ def tower_stamp(clip_cfg: ClipCfg) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def feature_folder(stamp: str, clip_cfg: ClipCfg, cache_dir: Path | None = None) -> Path:
+    """The feature cache entry of a catalog (its `catalog_stamp`) embedded by these towers."""
+    return Path(cache_dir or default_cache_dir()) / "features" / f"{stamp}-{tower_stamp(clip_cfg)}"
+
+
+def cached_features(stamp: str, clip_cfg: ClipCfg, cache_dir: Path | None = None):
+    """The cached features of a catalog (its `catalog_stamp`) and towers, or None."""
+    folder = feature_folder(stamp, clip_cfg, cache_dir)
+    return FeatureTable.load(folder) if (folder / "meta.json").exists() else None
+
+
 class TowerEmbedder:
     """A Ray Data actor: builds the towers once, then embeds batches of items."""
 
@@ -110,10 +121,10 @@ def embed_catalog(
 
     from outfitter.platform.local_ray import ensure_ray
 
-    key = f"{catalog_stamp(catalog)}-{tower_stamp(clip_cfg)}"
-    out = Path(cache_dir or default_cache_dir()) / "features" / key
-    if not force and (out / "meta.json").exists():
-        return FeatureTable.load(out), out, True
+    stamp = catalog_stamp(catalog)
+    out = feature_folder(stamp, clip_cfg, cache_dir)
+    if not force and (cached := cached_features(stamp, clip_cfg, cache_dir)) is not None:
+        return cached, out, True
     ensure_ray()
     ray.data.DataContext.get_current().print_on_execution_start = False
     use_gpu = bool(ray.cluster_resources().get("GPU", 0)) if use_gpu is None else use_gpu
@@ -153,7 +164,7 @@ def embed_catalog(
         np.concatenate(images)[order].astype(np.float32, copy=False),
         np.concatenate(texts)[order].astype(np.float32, copy=False),
     )
-    table.meta.update({"clip": clip_cfg.__dict__, "catalog_stamp": key.split("-")[0], "key": key})
+    table.meta.update({"clip": clip_cfg.__dict__, "catalog_stamp": stamp, "key": out.name})
     tmp = out.with_name(out.name + ".tmp")
     table.save(tmp)
     if out.exists():

@@ -34,11 +34,9 @@ def run_search(
 
     from outfitter.model import load_config
     from outfitter.platform import registry
-    from outfitter.platform.local_ray import ensure_ray
     from outfitter.platform.train.runs import (
         EXPERIMENT,
         find_or_start_run,
-        prepare_inputs,
         shared_inputs,
     )
     from outfitter.platform.train.settings import TrainSettings
@@ -65,13 +63,11 @@ def run_search(
     )
     if search.scheduler.type == "asha" and base_settings.epochs < search.scheduler.max_t:
         base_settings = base_settings.with_overrides(epochs=search.scheduler.max_t)
-    inputs = prepare_inputs(base_cfg, data_dir, data_format=data_format)
-    ensure_ray()
     storage_path = checked_storage_path(storage_path)
+    inputs = shared_inputs(base_cfg, data_dir, data_format=data_format)  # starts Ray
     base_settings = base_settings.with_overrides(
         storage_path=str(Path(storage_path) / f"{search.name}-trials")
     )
-    refs = shared_inputs(inputs)
     with find_or_start_run(f"tune-{search.name}", experiment_id) as parent:
         mlflow.log_dict(search.model_dump(by_alias=True), "config/search.json")
         base = {
@@ -79,11 +75,7 @@ def run_search(
             "model_overrides": overrides,
             "settings": base_settings.to_dict(),
             "tracking_uri": tracking_uri,
-            "loop": {
-                "data_dir": inputs["data_dir"],
-                "data_format": inputs["data_format"],
-                **refs,
-            },
+            "loop": inputs,
         }
         trainable = tune.with_parameters(
             run_trial,
