@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 
 import pytest
@@ -248,6 +249,50 @@ def test_release_free_heap_gives_freed_memory_back():
     assert held - before > 200  # freed, still held
     assert rss_mib() - before < 50, f"{rss_mib() - before:.0f} MiB still held after the trim"
     assert last.sum() == len(last)
+
+
+def test_an_epoch_gives_its_freed_heap_back_after_its_last_step(synth_dir, monkeypatch):
+    """Trimmed every `TRIM_EVERY` steps and once more after the last: rank 0's validation and
+    the other workers' wait for it start on a trimmed heap, not on the last steps' garbage."""
+    import outfitter.platform.train.loop as loop
+    from outfitter.platform.train.settings import TrainSettings
+
+    cfg = load_config("hybrid-tiny")
+    settings = TrainSettings(epochs=1, batch_size=8, max_steps_per_epoch=5).resolve(cfg)
+    runner = loop.EpochRunner(cfg, settings, synth_dir, None, None, 0, 1, torch.device("cpu"))
+    events = []
+    build = type(runner.builder).__call__
+
+    def built(self, *args, **kwargs):
+        events.append("step")
+        return build(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(runner.builder), "__call__", built)
+    monkeypatch.setattr(loop, "release_free_heap", lambda: events.append("trim"))
+    monkeypatch.setattr(loop, "TRIM_EVERY", 2)
+    runner.train_epoch(0)
+    assert events == ["trim", "step", "step", "trim", "step", "step", "trim", "step", "trim"]
+
+
+def test_a_workers_validation_imports_no_scikit_learn(synth_dir):
+    """Rank 0 validates every epoch without the keyword baselines, so without scikit-learn: its
+    import held 75 MB in the worker through the rest of the run."""
+    code = (
+        "import sys, torch\n"
+        "from outfitter.model import load_config\n"
+        "from outfitter.platform.train.loop import EpochRunner\n"
+        "from outfitter.platform.train.settings import TrainSettings\n"
+        "cfg = load_config('hybrid-tiny')\n"
+        "settings = TrainSettings(epochs=1, batch_size=8, max_steps_per_epoch=1).resolve(cfg)\n"
+        "runner = EpochRunner(cfg, settings, sys.argv[1], None, None, 0, 1, torch.device('cpu'))\n"
+        "assert 'valid_compatibility_auc' in runner.validate()\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('sklearn', 'scipy')))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(synth_dir)], capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"
 
 
 def test_rank_zero_validates_on_its_nodes_idle_cpus_then_trains_on_its_own(synth_dir, monkeypatch):

@@ -9,13 +9,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from sklearn.feature_extraction.text import TfidfVectorizer
 
 
 class KeywordSearch:
     """Cosine similarity of TF-IDF vectors (unigrams, sublinear tf) of descriptions and titles."""
 
     def __init__(self, titles: Sequence[str]):
+        # imported here: a training run's validation leaves the baselines out (75 MB a worker)
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
         self.vectorizer = TfidfVectorizer(
             sublinear_tf=True, token_pattern=r"(?u)\b\w+\b", dtype=np.float32
         )
