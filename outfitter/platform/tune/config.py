@@ -53,7 +53,7 @@ class TrialResources(FrozenConfig):
         1.0,
         gt=0,
         description="CPUs reserved for the trial's driver (the Tune function that starts the "
-        "trial's TorchTrainer and waits on it; its workers hold their own CPUs). Ray's default "
+        "trial's Ray Train run and waits on it; its workers hold their own CPUs). Ray's default "
         "is 1; a small share lets trials of 1-CPU workers run side by side on a small machine",
     )
 

@@ -1,7 +1,8 @@
 """Ray Tune searches: each trial is a Ray Train run of the same `train_loop_per_worker`.
 
-Train V2 interop: a Tune function trainable builds a `TorchTrainer` with `build_trainer` (the one
-scaffolding helper) and a `TuneReportCallback`, so a trial may itself use several workers or GPUs.
+Train V2 interop: a Tune function trainable builds its Ray Train trainer with `build_trainer` (the
+one scaffolding helper) and a `TuneReportCallback`, so a trial may itself use several workers or
+GPUs.
 MLflow gets one parent run per search and one child run per trial; the best trial's best
 checkpoint is registered as a model version with alias `challenger`. An interrupted search resumes
 with the same command (`Tuner.restore` on the same storage path).
