@@ -60,9 +60,8 @@ def feature_folder(stamp: str, clip_cfg: ClipCfg, cache_dir: Path | None = None)
     return Path(cache_dir or default_cache_dir()) / "features" / f"{stamp}-{tower_stamp(clip_cfg)}"
 
 
-def cached_features(stamp: str, clip_cfg: ClipCfg, cache_dir: Path | None = None):
-    """The cached features of a catalog (its `catalog_stamp`) and towers, or None."""
-    folder = feature_folder(stamp, clip_cfg, cache_dir)
+def cached_features(folder: Path) -> FeatureTable | None:
+    """The features cached in `folder` (a `feature_folder`), or None."""
     return FeatureTable.load(folder) if (folder / "meta.json").exists() else None
 
 
@@ -123,7 +122,7 @@ def embed_catalog(
 
     stamp = catalog_stamp(catalog)
     out = feature_folder(stamp, clip_cfg, cache_dir)
-    if not force and (cached := cached_features(stamp, clip_cfg, cache_dir)) is not None:
+    if not force and (cached := cached_features(out)) is not None:
         return cached, out, True
     ensure_ray()
     ray.data.DataContext.get_current().print_on_execution_start = False

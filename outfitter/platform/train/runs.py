@@ -147,9 +147,9 @@ def shared_inputs(
         raise err.cause from err
     features_ref = None
     if model_cfg.input_kind == "features":
-        from outfitter.platform.embed import cached_features, embed_catalog
+        from outfitter.platform.embed import cached_features, embed_catalog, feature_folder
 
-        features = cached_features(meta["catalog_stamp"], model_cfg.clip, cache_dir)
+        features = cached_features(feature_folder(meta["catalog_stamp"], model_cfg.clip, cache_dir))
         if features is None:
             catalog = ray.get(catalog_ref)
             features, _, _ = embed_catalog(catalog, model_cfg.clip, cache_dir=cache_dir)
