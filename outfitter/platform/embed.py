@@ -143,7 +143,7 @@ def embed_catalog(
         TowerEmbedder,
         fn_constructor_kwargs={"clip_cfg": clip_cfg.__dict__, "use_gpu": use_gpu},
         batch_size=batch_size,
-        concurrency=actors,  # a fixed pool of `actors` TowerEmbedder actors
+        compute=ray.data.ActorPoolStrategy(size=actors),  # a fixed pool of TowerEmbedders
         num_gpus=1 if use_gpu else 0,
         num_cpus=0 if use_gpu else 1,
         batch_format="numpy",
