@@ -309,6 +309,9 @@ def test_torch_backend_is_rays_torch_config():
     assert TorchBackend().framework == TorchConfig().framework
     ours = TorchBackend().backend_cls()
     assert ours.share_cuda_visible_devices == _TorchBackend.share_cuda_visible_devices
+    # every hook Ray's backend implements is passed on to it (a new one would be skipped)
+    hooks = {n for n, v in vars(_TorchBackend).items() if callable(v) and not n.startswith("_")}
+    assert hooks and hooks <= {n for n in vars(type(ours)) if not n.startswith("_")}
     with TorchBackend().train_func_context():  # a CPU worker: no device to set, nothing raised
         pass
 
