@@ -87,21 +87,16 @@ class EpochProgress:
         return " · ".join(parts)
 
 
-def _checked_catalog(data_dir: Path, data_format: str | None, version: str | None):
-    """(format, catalog) of a dataset that passed the check: never train on a broken dataset
-    (DatasetError with the report). `version`: the only Polyvore version checked (None: both)."""
+def _check_and_parse(data_dir: Path, data_format: str | None, version: str | None):
+    """`shared_inputs`' Ray task: ({data_format, catalog_stamp}, catalog) of a dataset that
+    passed the check (never train on a broken one: DatasetError with the report). `version`:
+    the only Polyvore version checked (None: both)."""
     from outfitter.data import check_dataset, detect_format, load_catalog
+    from outfitter.platform.embed import catalog_stamp
 
     fmt = detect_format(data_dir, data_format)  # one line for a folder of neither format
     report = check_dataset(data_dir, versions=[version] if version else None)
-    return fmt, report.catalog() or load_catalog(data_dir, fmt)
-
-
-def _check_and_parse(data_dir: Path, data_format: str | None, version: str | None):
-    """`shared_inputs`' Ray task: ({data_format, catalog_stamp}, catalog)."""
-    from outfitter.platform.embed import catalog_stamp
-
-    fmt, catalog = _checked_catalog(data_dir, data_format, version)
+    catalog = report.catalog() or load_catalog(data_dir, fmt)
     return {"data_format": fmt, "catalog_stamp": catalog_stamp(catalog)}, catalog
 
 
