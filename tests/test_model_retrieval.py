@@ -110,6 +110,31 @@ def test_keyword_search_finds_the_title_with_the_words():
     assert search.scores(["leather boots"]).argmax() == 0
 
 
+def test_keyword_blocks_are_kept_and_score_as_slicing_the_catalog_does(monkeypatch):
+    """An evaluation asks for each category's titles many times: the sliced, transposed block is
+    kept (a bounded number of them) and scores exactly as the catalog's rows do."""
+    titles = [f"{c} {m} {k}" for c in ("black", "white", "red") for m in ("leather", "silk")
+              for k in ("boots", "scarf", "bag")]  # fmt: skip
+    search = KeywordSearch(titles)
+    queries = ["black boots", "silk scarf", "red leather bag"]
+    whole = search.scores(queries)  # (3, 18)
+    block = np.array([17, 3, 5, 0])
+    assert np.array_equal(search.scores(queries, block), whole[:, block])
+    encoded = search.encode(queries)
+    assert np.array_equal(search.scores_of(encoded[[1, 2]], block), whole[[1, 2]][:, block])
+    sliced = []
+    monkeypatch.setattr(search, "BLOCKS_KEPT", 2)
+    real = type(search.matrix).__getitem__
+    monkeypatch.setattr(
+        type(search.matrix), "__getitem__", lambda m, rows: sliced.append(1) or real(m, rows)
+    )
+    search.scores_of(encoded, block)  # kept
+    assert sliced == []
+    for other in (np.array([1, 2]), np.array([4]), block):  # [4] evicts `block`: sliced again
+        assert np.array_equal(search.scores_of(encoded, other), whole[:, other])
+    assert len(sliced) == 3 and len(search._blocks) == 2
+
+
 class _Head(torch.nn.Module):
     """A stand-in model whose category head returns fixed logits."""
 

@@ -155,6 +155,23 @@ def test_retrieval_metrics_use_a_seeded_sample_of_at_most_max_queries(hybrid, sy
     assert {k for k in capped if not k.startswith("keyword_")} == set(full)
 
 
+def test_an_evaluation_encodes_each_description_once(hybrid, synth_dir, catalog, monkeypatch):
+    """Every description is asked with and without its category, and FITB and recall@10 ask by
+    category prompts: the frozen text tower encodes each distinct text once per evaluation."""
+    from collections import Counter
+
+    towers = hybrid.builder.towers
+    encoded: Counter = Counter()
+    real = towers.encode_texts
+    monkeypatch.setattr(
+        towers, "encode_texts", lambda texts, **kw: encoded.update(texts) or real(texts, **kw)
+    )
+    split = load_split(synth_dir, "nondisjoint", "test", catalog)
+    result = evaluate(hybrid.model, hybrid.builder, split, catalog, baselines=False)
+    assert result["n_recall"] > 0
+    assert encoded and max(encoded.values()) == 1, encoded.most_common(3)
+
+
 def test_hybrid_checkpoint_round_trip(hybrid, synth_dir, catalog, tmp_path):
     save_checkpoint(
         tmp_path, hybrid.model, hybrid.cfg, {"epochs": 40}, towers=hybrid.builder.towers

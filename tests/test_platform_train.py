@@ -43,13 +43,15 @@ def _settings(tmp_path: Path, name: str, **kw) -> TrainSettings:
 @pytest.fixture(scope="module")
 def driver_calls(monkeypatch_module) -> dict:
     """Calls made in this (driver) process to the costly steps of a model version's use: opening
-    a checkpoint, encoding the catalog, downloading a version from MLflow."""
+    a checkpoint, encoding the catalog, downloading a version from MLflow, stamping the catalog
+    (every image file's size and time: the dataset check's task did it already)."""
     import outfitter.model.checkpoint as checkpoint
     import outfitter.model.evaluate as evaluate
+    import outfitter.platform.embed as embed
     import outfitter.platform.registry as registry
 
-    calls = {"load_checkpoint": 0, "encode_catalog": 0, "_download": 0}
-    for module in (checkpoint, evaluate, registry):
+    calls = {"load_checkpoint": 0, "encode_catalog": 0, "_download": 0, "catalog_stamp": 0}
+    for module in (checkpoint, evaluate, registry, embed):
         for name in calls:
             real = getattr(module, name, None)
             if real is None:
@@ -108,11 +110,17 @@ def test_two_worker_run_registers_a_challenger(trained):
 
 
 def test_a_run_opens_its_best_checkpoint_once_and_encodes_the_catalog_once(trained):
-    """Evaluation of both splits, plots, the index and promotion share one opened checkpoint."""
+    """Evaluation of both splits, plots, the index and promotion share one opened checkpoint,
+    keyed by the catalog stamp the dataset check computed."""
     work, outcome = trained
     calls = json.loads((work / "driver_calls.json").read_text())
     assert outcome.promoted
-    assert calls == {"load_checkpoint": 1, "encode_catalog": 1, "_download": 0}, calls
+    assert calls == {
+        "load_checkpoint": 1,
+        "encode_catalog": 1,
+        "_download": 0,
+        "catalog_stamp": 0,
+    }, calls
 
 
 def test_evaluate_reproduces_validation_numbers(trained, synth_dir, driver_calls):

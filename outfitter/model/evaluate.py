@@ -114,7 +114,7 @@ def _queries(model, builder, vecs, contexts, categories, batch_size, texts=None)
         items, mask = _pad(contexts[i : i + batch_size])
         q, plan = query_vectors(
             model, builder, vecs[items.to(vecs.device)], mask.to(vecs.device),
-            texts[i : i + batch_size], categories[i : i + batch_size],
+            texts[i : i + batch_size], categories[i : i + batch_size], cache=True,
         )  # fmt: skip
         out.append(q)
         search.extend(plan.search)
@@ -260,51 +260,85 @@ def search_blocks(searched, targets, contexts, item_cat, budget: int = 2**22):
         col[block] = -1
 
 
+class Descriptions:
+    """The description-conditioned queries of held-out (context, item): each item's title and a
+    short description of it (`short_description`), each asked without and with the category.
+
+    Shared by the model's `retrieval_*` and the keyword baseline's `keyword_*` metrics, so both
+    answer the same queries (the keyword baseline needs the catalog only, not the model).
+    """
+
+    def __init__(self, catalog: Catalog, held, seed: int = 0):
+        ids = catalog.item_ids
+        row = {item_id: r for r, item_id in enumerate(ids)}
+        self.item_cat = np.array([catalog.items[i].category_index for i in ids])  # (M,)
+        titles = [catalog.items[t].title for _, t in held]
+        rng = np.random.default_rng(seed)
+        self.texts = {"title": titles, "short": [short_description(t, rng) for t in titles]}
+        self.contexts = [[row[i] for i in c] for c, _ in held]  # (Q,) catalog rows
+        self.targets = np.array([row[t] for _, t in held], dtype=np.int64)  # (Q,)
+        self.target_cat = self.item_cat[self.targets]  # (Q,)
+
+    def variants(self):
+        """(metric key, texts, given category or None per query) of every way a query is asked."""
+        for name, texts in self.texts.items():
+            yield name, texts, [None] * len(texts)
+            yield f"{name}_cat", texts, [int(c) for c in self.target_cat]
+
+    def ranked(self, score, searched, k: int) -> tuple[float, float]:
+        """Summed recall@k and in-category share over the queries, each query searching
+        `searched` (its category, or None: the whole catalog) and scored by `score(rows, block)`."""
+        hits = share = 0.0
+        for rows, block, valid, target_col in search_blocks(
+            searched, self.targets, self.contexts, self.item_cat
+        ):
+            recall, in_category = metrics.ranked_retrieval(
+                score(rows, block), target_col, k, valid, self.target_cat[rows],
+                self.item_cat[block],
+            )  # fmt: skip
+            hits, share = hits + recall * len(rows), share + in_category * len(rows)
+        return hits, share
+
+
 @torch.no_grad()
 def description_retrieval(
     model, builder, catalog: Catalog, vecs, held, batch_size: int = 64, k: int = 10,
     seed: int = 0, baselines: bool = True,
 ) -> dict[str, float]:  # fmt: skip
-    """`retrieval_*` and `keyword_*` metrics (module docstring) of held-out (context, item);
-    `baselines=False`: the model's `retrieval_*` only."""
-    ids = catalog.item_ids
-    row = {item_id: r for r, item_id in enumerate(ids)}
-    item_cat = np.array([catalog.items[i].category_index for i in ids])
-    titles = [catalog.items[t].title for _, t in held]
-    rng = np.random.default_rng(seed)
-    descriptions = {"title": titles, "short": [short_description(t, rng) for t in titles]}
-    contexts = [[row[i] for i in c] for c, _ in held]
-    targets = np.array([row[t] for _, t in held])
-    target_cat = item_cat[targets]
-    keyword = KeywordSearch([catalog.items[i].title for i in ids]) if baselines else None
+    """`retrieval_*` and (`baselines`) `keyword_*` metrics (module docstring) of held-out
+    (context, item). The model searches as it plans (inferred category or whole catalog)."""
+    asked = Descriptions(catalog, held, seed)
     sums: dict[str, float] = {}  # metric -> sum over queries
-    for name, texts in descriptions.items():
-        for key, given in (
-            (name, [None] * len(held)),
-            (f"{name}_cat", [int(c) for c in target_cat]),
-        ):
-            query, search = _queries(model, builder, vecs, contexts, given, batch_size, texts)
+    for key, texts, given in asked.variants():
+        query, search = _queries(model, builder, vecs, asked.contexts, given, batch_size, texts)
 
-            def by_model(rows, block, query=query):
-                return (query[rows] @ vecs[block].T).float().cpu().numpy()
+        def by_model(rows, block, query=query):
+            return (query[rows] @ vecs[block].T).float().cpu().numpy()
 
-            def by_keyword(rows, block, texts=texts):
-                return keyword.scores([texts[r] for r in rows], block)
+        hits, share = asked.ranked(by_model, search, k)
+        sums[f"retrieval_{key}_recall_at_{k}"] = hits
+        sums[f"retrieval_{key}_in_category"] = share
+    result = {metric: total / len(held) for metric, total in sums.items()}
+    if baselines:
+        result.update(keyword_retrieval(catalog, held, k, seed, asked=asked))
+    return result
 
-            # the model searches as it planned (inferred category or whole catalog); the keyword
-            # search in the given category, or the whole catalog
-            runs = [("retrieval", by_model, search)]
-            if keyword is not None:
-                runs.append(("keyword", by_keyword, given))
-            for method, score, searched in runs:
-                hits = share = 0.0
-                for rows, block, valid, target_col in search_blocks(
-                    searched, targets, contexts, item_cat
-                ):
-                    recall, in_category = metrics.ranked_retrieval(
-                        score(rows, block), target_col, k, valid, target_cat[rows], item_cat[block]
-                    )
-                    hits, share = hits + recall * len(rows), share + in_category * len(rows)
-                sums[f"{method}_{key}_recall_at_{k}"] = hits
-                sums[f"{method}_{key}_in_category"] = share
+
+def keyword_retrieval(
+    catalog: Catalog, held, k: int = 10, seed: int = 0, *, asked: Descriptions | None = None
+) -> dict[str, float]:
+    """`keyword_*` metrics of held-out (context, item): the same queries as the model's through
+    a TF-IDF search over titles, in the given category or the whole catalog (no model)."""
+    asked = asked or Descriptions(catalog, held, seed)
+    keyword = KeywordSearch([catalog.items[i].title for i in catalog.item_ids])
+    sums: dict[str, float] = {}
+    for key, texts, given in asked.variants():
+        encoded = keyword.encode(texts)  # (Q, V)
+
+        def by_keyword(rows, block, encoded=encoded):
+            return keyword.scores_of(encoded[rows], block)
+
+        hits, share = asked.ranked(by_keyword, given, k)
+        sums[f"keyword_{key}_recall_at_{k}"] = hits
+        sums[f"keyword_{key}_in_category"] = share
     return {metric: total / len(held) for metric, total in sums.items()}

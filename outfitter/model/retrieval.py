@@ -78,11 +78,15 @@ def plan_targets(
 @torch.no_grad()
 def query_vectors(
     model, builder, context_vecs: torch.Tensor, mask: torch.Tensor, texts: Sequence[str],
-    given: Sequence[int | None],
+    given: Sequence[int | None], *, cache: bool = False,
 ) -> tuple[torch.Tensor, TargetPlan]:  # fmt: skip
-    """L2-normalised queries (B, D) for contexts (B, N, D) + mask (B, N), and their plan."""
+    """L2-normalised queries (B, D) for contexts (B, N, D) + mask (B, N), and their plan.
+
+    `cache`: keep each text's tower features in the builder (an evaluation asks for the same
+    descriptions and category prompts many times; a server's requests do not repeat).
+    """
     device = context_vecs.device
-    target_text = builder.encode_texts(list(texts))
+    target_text = builder.encode_texts(list(texts), cache=cache)
     plan = plan_targets(model, builder, texts, given, target_text)
     target_text = {k: v.to(device) for k, v in target_text.items()}
     category = torch.tensor(plan.category_input, dtype=torch.long, device=device)

@@ -109,8 +109,12 @@ def embed_catalog(
     actors: int | None = None,
     use_gpu: bool | None = None,
     force: bool = False,
+    stamp: str | None = None,
 ) -> tuple[FeatureTable, Path, bool]:
     """Embed every catalog item with frozen towers on Ray Data (cached).
+
+    `stamp`: the catalog's `catalog_stamp` when the caller has it (it reads every image file's
+    size and time: seconds at Polyvore size).
 
     Returns:
         (features, folder they are saved in, whether the cache was reused).
@@ -120,7 +124,7 @@ def embed_catalog(
 
     from outfitter.platform.local_ray import ensure_ray
 
-    stamp = catalog_stamp(catalog)
+    stamp = stamp or catalog_stamp(catalog)
     out = feature_folder(stamp, clip_cfg, cache_dir)
     if not force and (cached := cached_features(out)) is not None:
         return cached, out, True

@@ -114,7 +114,8 @@ def shared_inputs(
     `version`: the Polyvore version the run trains on, the only one checked (None: both).
     Returns `data_dir` (absolute), `data_format` (polyvore or amazon: detected, or `data_format`
     when given), `catalog_ref` and `features_ref` (None for a model that reads no cached
-    features): the loop config's names (`shared_values` reads them back).
+    features): the loop config's names (`shared_values` reads them back); and `catalog_stamp`
+    (`embed.catalog_stamp`, which keys the feature and vector caches).
 
     The check and the catalog's parse run in a Ray task on this node, in a worker process that
     exits after it: the catalog goes from there to the store and the driver never parses it. At
@@ -147,7 +148,9 @@ def shared_inputs(
         features = cached_features(feature_folder(meta["catalog_stamp"], model_cfg.clip, cache_dir))
         if features is None:
             catalog = ray.get(catalog_ref)
-            features, _, _ = embed_catalog(catalog, model_cfg.clip, cache_dir=cache_dir)
+            features, _, _ = embed_catalog(
+                catalog, model_cfg.clip, cache_dir=cache_dir, stamp=meta["catalog_stamp"]
+            )
             del catalog
         features_ref = ray.put(features)
         del features  # the driver reads the store's copy after training
@@ -156,6 +159,7 @@ def shared_inputs(
         "data_format": meta["data_format"],
         "catalog_ref": catalog_ref,
         "features_ref": features_ref,
+        "catalog_stamp": meta["catalog_stamp"],
     }
 
 
@@ -251,7 +255,7 @@ def train_and_register(
         catalog, features = shared_values(inputs)
         opened = open_checkpoint(
             best, inputs["data_dir"], catalog=catalog, data_format=inputs["data_format"],
-            features=features, cache_dir=cache_dir,
+            features=features, cache_dir=cache_dir, catalog_stamp=inputs["catalog_stamp"],
         )  # fmt: skip
         valid, test = _final_evaluation(opened, settings.version)
         mlflow.log_metrics({f"best_valid_{k}": v for k, v in valid.items() if _is_num(v)})
