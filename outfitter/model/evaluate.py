@@ -320,16 +320,13 @@ def description_retrieval(
         sums[f"retrieval_{key}_in_category"] = share
     result = {metric: total / len(held) for metric, total in sums.items()}
     if baselines:
-        result.update(keyword_retrieval(catalog, held, k, seed, asked=asked))
+        result.update(keyword_retrieval(catalog, asked, k))
     return result
 
 
-def keyword_retrieval(
-    catalog: Catalog, held, k: int = 10, seed: int = 0, *, asked: Descriptions | None = None
-) -> dict[str, float]:
-    """`keyword_*` metrics of held-out (context, item): the same queries as the model's through
-    a TF-IDF search over titles, in the given category or the whole catalog (no model)."""
-    asked = asked or Descriptions(catalog, held, seed)
+def keyword_retrieval(catalog: Catalog, asked: Descriptions, k: int = 10) -> dict[str, float]:
+    """`keyword_*` metrics of the queries `asked`, the model's, through a TF-IDF search over the
+    catalog's titles, in the given category or the whole catalog (no model)."""
     keyword = KeywordSearch([catalog.items[i].title for i in catalog.item_ids])
     sums: dict[str, float] = {}
     for key, texts, given in asked.variants():
@@ -341,4 +338,4 @@ def keyword_retrieval(
         hits, share = asked.ranked(by_keyword, given, k)
         sums[f"keyword_{key}_recall_at_{k}"] = hits
         sums[f"keyword_{key}_in_category"] = share
-    return {metric: total / len(held) for metric, total in sums.items()}
+    return {metric: total / len(asked.targets) for metric, total in sums.items()}
